@@ -1,0 +1,279 @@
+"""The YAML config, validated at start-up into typed, frozen objects.
+
+Any unknown key, wrong type or missing plugin stops start-up with one line that names the
+file and the key. Each plugin validates its own keys through its ``Provider.options`` class.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("config") / "nember.yaml"
+
+
+@attrs.frozen
+class TlsConfig:
+    cert: Path
+    key: Path
+
+
+@attrs.frozen
+class RateLimitConfig:
+    per_second: float = 1000.0  # sustained request frames per second per connection
+    burst: int = 2000
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tls: TlsConfig | None = None
+    auth_timeout: float = 10.0  # seconds to send the API key after connecting
+    max_message_size: int = 65536  # bytes; larger frames close the connection with 1009
+    heartbeat: float = 20.0  # seconds between server pings; a silent peer is dropped
+    max_connections_per_account: int = 1000
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    shutdown_timeout: float = 5.0
+    model_refresh_interval: float = 0.5  # how often newly trained versions are looked for
+    revocation_check_interval: float = 1.0  # how often revocations made elsewhere are applied
+    node: str = ""  # this server's name in the connection registry; default: host name
+
+
+@attrs.frozen
+class PluginSection:
+    """A role's section: which plugin serves it, and that plugin's validated options."""
+
+    plugin: str
+    options: Any = None
+
+
+@attrs.frozen
+class BillingConfig:
+    section: PluginSection
+    price: Decimal = Decimal("0.01")  # charged once per accepted connection
+    currency: str = "USD"
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # or "console"
+
+
+@attrs.frozen
+class Config:
+    path: Path | None
+    data_dir: Path
+    server: ServerConfig
+    key_store: PluginSection
+    billing: BillingConfig
+    model_store: PluginSection
+    connection_registry: PluginSection
+    log: LogConfig
+
+
+# role name -> (hook name, default plugin)
+ROLES = {
+    "key_store": ("nember_key_stores", "sqlite"),
+    "billing": ("nember_billing_ledgers", "sqlite"),
+    "model_store": ("nember_model_stores", "local_disk"),
+    "connection_registry": ("nember_connection_registries", "memory"),
+}
+TOP_LEVEL = {"data_dir", "server", "log", *ROLES}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+
+
+def config_path(explicit: str | None) -> tuple[Path | None, bool]:
+    """The config file to read, and whether the user named it (then it must exist)."""
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get("NEMBER_CONFIG"):
+        return Path(os.environ["NEMBER_CONFIG"]), True
+    return DEFAULT_CONFIG, False
+
+
+def load_config(explicit: str | None, providers: dict[str, dict[str, Any]]) -> Config:
+    """Read and validate the config. ``providers``: role -> {plugin name -> Provider}."""
+    path, named = config_path(explicit)
+    if path is not None and path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+            raw = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        return parse_config(raw if raw is not None else {}, path, providers)
+    if named:
+        raise ConfigError(f"{path}: config file not found")
+    return parse_config({}, None, providers)
+
+
+def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any]]) -> Config:
+    where = str(path) if path else "<defaults>"
+    base = path.parent.resolve() if path else Path.cwd()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the config must be a mapping of keys to values")
+    _reject_unknown(raw, TOP_LEVEL, "", where)
+
+    data_dir = _structure(Path, raw.get("data_dir", "var"), "data_dir", where, base)
+    server = _structure(ServerConfig, raw.get("server", {}), "server", where, base)
+    log = _structure(LogConfig, raw.get("log", {}), "log", where, base)
+    if log.level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log.level: expected one of {', '.join(LOG_LEVELS)}")
+    if log.format not in LOG_FORMATS:
+        raise ConfigError(f"{where}: log.format: expected one of {', '.join(LOG_FORMATS)}")
+    _check_server(server, where)
+
+    sections: dict[str, Any] = {}
+    for role, (_hook, default) in ROLES.items():
+        section = raw.get(role, {})
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: {role}: expected a mapping, got {_kind(section)}")
+        section = dict(section)
+        core: dict[str, Any] = {}
+        if role == "billing":
+            core = {k: section.pop(k) for k in ("price", "currency") if k in section}
+        name = section.pop("plugin", default)
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: {role}.plugin: expected a string, got {_kind(name)}")
+        provider = providers.get(role, {}).get(name)
+        if provider is None:
+            known = ", ".join(sorted(providers.get(role, {}))) or "none"
+            raise ConfigError(
+                f"{where}: {role}.plugin: no installed plugin provides {name!r} "
+                f"(installed: {known})"
+            )
+        if provider.options is None:
+            _reject_unknown(section, set(), role, where)
+            options = None
+        else:
+            options = _structure(provider.options, section, role, where, base)
+        plugin_section = PluginSection(plugin=name, options=options)
+        if role == "billing":
+            sections[role] = _billing(core, plugin_section, where)
+        else:
+            sections[role] = plugin_section
+
+    return Config(path=path, data_dir=data_dir, server=server, log=log, **sections)
+
+
+def _billing(core: dict[str, Any], section: PluginSection, where: str) -> BillingConfig:
+    price = core.get("price", "0.01")
+    if isinstance(price, bool) or not isinstance(price, (int, float, str)):
+        raise ConfigError(f"{where}: billing.price: expected a number, got {_kind(price)}")
+    try:
+        amount = Decimal(str(price))
+    except InvalidOperation:
+        raise ConfigError(f"{where}: billing.price: expected a number, got {price!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{where}: billing.price: expected a number >= 0, got {price!r}")
+    currency = core.get("currency", "USD")
+    if not isinstance(currency, str) or not currency.strip():
+        raise ConfigError(f"{where}: billing.currency: expected a currency code such as USD")
+    return BillingConfig(section=section, price=amount, currency=currency.strip())
+
+
+def _check_server(server: ServerConfig, where: str) -> None:
+    checks = [
+        ("port", 0 <= server.port <= 65535, "a port number from 0 to 65535"),
+        ("auth_timeout", server.auth_timeout > 0, "a number of seconds > 0"),
+        ("max_message_size", server.max_message_size >= 1024, "a size in bytes >= 1024"),
+        ("heartbeat", server.heartbeat > 0, "a number of seconds > 0"),
+        ("max_connections_per_account", server.max_connections_per_account >= 1, "an integer >= 1"),
+        ("rate_limit.per_second", server.rate_limit.per_second > 0, "a number > 0"),
+        ("rate_limit.burst", server.rate_limit.burst >= 1, "an integer >= 1"),
+        ("shutdown_timeout", server.shutdown_timeout >= 0, "a number of seconds >= 0"),
+        ("model_refresh_interval", server.model_refresh_interval > 0, "a number of seconds > 0"),
+        ("revocation_check_interval", server.revocation_check_interval > 0, "a number > 0"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{where}: server.{key}: expected {expected}")
+
+
+def _reject_unknown(raw: dict, known: set[str], prefix: str, where: str) -> None:
+    for key in raw:
+        if key not in known:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: {name}: unknown key")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _structure(tp: Any, value: Any, key: str, where: str, base: Path) -> Any:
+    """Check ``value`` against the type ``tp`` and build it; errors name ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _structure(inner, value, key, where, base)
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {_kind(value)}")
+        fields = {f.name: f for f in attrs.fields(tp)}
+        _reject_unknown(value, set(fields), key, where)
+        hints = typing.get_type_hints(tp)
+        built = {
+            name: _structure(hints[name], item, f"{key}.{name}", where, base)
+            for name, item in value.items()
+        }
+        missing = [
+            name for name, f in fields.items() if f.default is attrs.NOTHING and name not in built
+        ]
+        if missing:
+            raise ConfigError(f"{where}: {key}.{missing[0]}: required key is missing")
+        return tp(**built)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_kind(value)}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: {key}: expected a path, got {_kind(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    raise ConfigError(f"{where}: {key}: unsupported option type {tp!r}")  # a plugin's bug

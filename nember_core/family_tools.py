@@ -1,0 +1,18 @@
+"""Small helpers for model-family plugins."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:
+    """Turn a gradient-boosting booster's raw output into predictions.
+
+    For ``class``: probabilities to class indices, as the libraries' sklearn wrappers do (one
+    column: the positive class's probability; several: one per class). ``reg`` passes through.
+    """
+    if model_type == "reg":
+        return raw
+    if raw.ndim == 2:
+        return raw.argmax(axis=1)
+    return (raw > 0.5).astype(np.int64)

@@ -1,0 +1,234 @@
+"""A websocket connection's life: authenticate, charge, serve predictions, record usage.
+
+Storage is reached only here, at connect and close, through the plugin objects in
+``Services``; the per-frame work is in :mod:`nember_core.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import attrs
+import structlog
+from aiohttp import WSMsgType, web
+
+from . import credentials, protocol
+from .config import Config
+from .credentials import new_id
+from .model_cache import ModelCache
+from .records import ApiKey, ConnectionUsage, utcnow
+from .services import Services
+from .session import PredictionSession, RateLimiter
+
+log = structlog.get_logger("nember.ws")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+
+
+@attrs.define(eq=False)
+class LiveConnection:
+    """An authenticated websocket, as the registry and the dashboard see it."""
+
+    id: str
+    account_id: str
+    key_id: str
+    key_name: str
+    remote: str
+    node: str
+    opened_at: datetime
+    ws: web.WebSocketResponse = attrs.field(repr=False)
+    predictions: int = 0
+    errors: int = 0
+    last_request_at: float | None = None  # Unix time
+    close_reason: str | None = None  # set when the server closes it
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        await self.ws.close(code=code, message=reason.encode())
+
+    def usage(self) -> ConnectionUsage:
+        return ConnectionUsage(
+            connection_id=self.id,
+            account_id=self.account_id,
+            key_id=self.key_id,
+            remote=self.remote,
+            opened_at=self.opened_at,
+            predictions=self.predictions,
+            errors=self.errors,
+        )
+
+
+class Gateway:
+    def __init__(self, config: Config, services: Services, cache: ModelCache):
+        self.config = config
+        self.services = services
+        self.cache = cache
+        self.sockets: set[web.WebSocketResponse] = set()  # every open socket, authenticated or not
+        self.live: dict[str, LiveConnection] = {}  # this node's authenticated connections
+        self.closing = False
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        server = self.config.server
+        ws = web.WebSocketResponse(
+            heartbeat=server.heartbeat,
+            max_msg_size=server.max_message_size,
+            compress=False,  # tiny, frequent frames: compression costs more than it saves
+        )
+        await ws.prepare(request)
+        if self.closing:
+            await ws.close(code=protocol.GOING_AWAY, message=b"Server shutting down")
+            return ws
+        self.sockets.add(ws)
+        try:
+            accepted = await self._authenticate(ws, request)
+            if accepted is not None:
+                conn, secret = accepted
+                try:
+                    await ws.send_frame(protocol.VALID_KEY, _TEXT)
+                    await self._serve(ws, conn, secret)
+                finally:
+                    await self._release(ws, conn)
+        except ConnectionError:
+            pass  # the peer vanished mid-write; usage is recorded all the same
+        finally:
+            self.sockets.discard(ws)
+        return ws
+
+    async def _authenticate(self, ws: web.WebSocketResponse, request: web.Request):
+        remote = request.remote or ""
+        try:
+            msg = await ws.receive(timeout=self.config.server.auth_timeout)
+        except asyncio.TimeoutError:
+            log.info("auth.refused", remote=remote, reason="timeout")
+            await ws.close(code=protocol.POLICY_VIOLATION, message=b"Authentication timeout")
+            return None
+        if msg.type not in (_TEXT, _BINARY):
+            return None  # closed before authenticating
+        secret = msg.data.strip() if msg.type is _TEXT else ""
+        key = None
+        if secret and len(secret) <= credentials.MAX_KEY_LENGTH:
+            key = await self.services.key_store.authenticate(secret)
+        if key is None:
+            log.info("auth.refused", remote=remote, reason="invalid key")
+            return await self._refuse(ws, protocol.INVALID_KEY, b"Invalid API key")
+
+        conn = self._connection(ws, key, remote)
+        limit = self.config.server.max_connections_per_account
+        if not await self.services.registry.add(conn, limit):
+            log.info("auth.refused", remote=remote, key_id=key.id, reason="connection limit")
+            return await self._refuse(ws, protocol.LIMIT_REACHED, b"Connection limit reached")
+        try:
+            billing = self.config.billing
+            await self.services.billing.charge(conn.usage(), billing.price, billing.currency)
+        except Exception as exc:
+            await self.services.registry.remove(conn)
+            log.error("billing.charge_failed", connection_id=conn.id, error=repr(exc))
+            await ws.close(code=1011, message=b"Internal error")
+            return None
+        self.live[conn.id] = conn
+        log.info(
+            "connection.open",
+            connection_id=conn.id,
+            account_id=conn.account_id,
+            key_id=conn.key_id,
+            remote=remote,
+        )
+        return conn, secret
+
+    async def _refuse(self, ws: web.WebSocketResponse, answer: bytes, reason: bytes) -> None:
+        await ws.send_frame(answer, _TEXT)
+        await ws.close(code=protocol.POLICY_VIOLATION, message=reason)
+        return None
+
+    def _connection(self, ws: web.WebSocketResponse, key: ApiKey, remote: str) -> LiveConnection:
+        return LiveConnection(
+            id=new_id("conn"),
+            account_id=key.account_id,
+            key_id=key.id,
+            key_name=key.name,
+            remote=remote,
+            node=self.services.node,
+            opened_at=utcnow(),
+            ws=ws,
+        )
+
+    async def _serve(self, ws: web.WebSocketResponse, conn: LiveConnection, secret: str) -> None:
+        limits = self.config.server.rate_limit
+        session = PredictionSession(
+            conn, secret, self.cache, RateLimiter(limits.per_second, limits.burst)
+        )
+        receive, send, answer = ws.receive, ws.send_frame, session.answer
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is not _TEXT and kind is not _BINARY:
+                return  # close, error or connection lost
+            out = answer(msg.data, kind is _TEXT)
+            if type(out) is not bytes:  # a model to look up first: the one slow path
+                await self.cache.load(out)
+                out = session.retry(msg.data)
+            await send(out, _TEXT)
+
+    async def _release(self, ws: web.WebSocketResponse, conn: LiveConnection) -> None:
+        self.live.pop(conn.id, None)
+        await self.services.registry.remove(conn)
+        usage = conn.usage()
+        usage.closed_at = utcnow()
+        usage.close_code = ws.close_code
+        usage.close_reason = conn.close_reason or _close_reason(ws.close_code)
+        try:
+            await self.services.billing.record_usage(usage)
+        except Exception as exc:
+            log.error("billing.usage_failed", connection_id=conn.id, error=repr(exc))
+        log.info(
+            "connection.close",
+            connection_id=conn.id,
+            account_id=conn.account_id,
+            close_code=usage.close_code,
+            close_reason=usage.close_reason,
+            predictions=conn.predictions,
+            errors=conn.errors,
+            seconds=round(time.time() - conn.opened_at.timestamp(), 3),
+        )
+
+    async def watch_revocations(self, interval: float) -> None:
+        """Close, with 4401, live connections whose key was revoked anywhere."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.live:
+                continue
+            try:
+                revoked = await self.services.key_store.revoked_among(
+                    {c.key_id for c in self.live.values()}
+                )
+            except Exception as exc:
+                log.error("revocation.check_failed", error=repr(exc))
+                continue
+            doomed = [c for c in self.live.values() if c.key_id in revoked]
+            for conn in doomed:
+                asyncio.create_task(conn.close(protocol.KEY_REVOKED, "API key revoked"))
+
+    async def shutdown(self) -> None:
+        """Stop accepting and close every socket with 1001; handlers then record usage."""
+        self.closing = True
+        for conn in self.live.values():
+            conn.close_reason = conn.close_reason or "server shutdown"
+        await asyncio.gather(
+            *(
+                ws.close(code=protocol.GOING_AWAY, message=b"Server shutting down")
+                for ws in list(self.sockets)
+            ),
+            return_exceptions=True,
+        )
+
+
+def _close_reason(code: int | None) -> str:
+    if code == 1009:
+        return "message too big"
+    if code in (1000, 1001) or (code is not None and 3000 <= code < 5000):
+        return "closed by client"
+    return "connection lost"

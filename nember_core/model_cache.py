@@ -1,0 +1,130 @@
+"""Trained models in memory, shared by every connection of this server.
+
+Lookups are a dict access. Loading (store read, deserialize) happens on a miss, off the
+per-frame path; a background task looks for newer versions whenever the model store's
+generation token changes, so a retrained model is picked up without any I/O per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from .features import FeatureExtractor
+from .interfaces import ModelFamily, ModelStore, RowPredictor
+from .records import ModelKey, ModelMeta
+
+log = structlog.get_logger("nember.models")
+
+MISSING = object()  # never looked up, as opposed to None: looked up, no such model
+MAX_ABSENT = 10_000  # cap on remembered misses, so bad requests can't grow memory forever
+
+
+class LoadedModel:
+    __slots__ = ("meta", "version", "extractor", "_predict_row", "_labels")
+
+    def __init__(self, meta: ModelMeta, predict_row: RowPredictor):
+        self.meta = meta
+        self.version = meta.version
+        self.extractor = FeatureExtractor(meta.features, meta.window)
+        self._predict_row = predict_row
+        self._labels = meta.classes
+
+    def predict(self, points: list[Any]) -> Any:
+        """The answer's ``prediction``: a class label as in the training data, or a float."""
+        raw = self._predict_row(self.extractor.row(points))
+        if self._labels is not None:
+            return self._labels[int(raw)]
+        return float(raw)
+
+
+class ModelCache:
+    def __init__(self, store: ModelStore, families: dict[str, ModelFamily]):
+        self._store = store
+        self._families = families
+        self._entries: dict[ModelKey, LoadedModel | None] = {}
+        self._loading: dict[ModelKey, asyncio.Future] = {}
+        self._generation: str | None = None
+
+    def get(self, key: ModelKey):
+        """The loaded model, ``None`` when there is none, or ``MISSING`` before a load."""
+        return self._entries.get(key, MISSING)
+
+    async def load(self, key: ModelKey) -> None:
+        """Look the key up in the store (once, however many connections ask at once)."""
+        pending = self._loading.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            self._remember(key, await self._fetch(key))
+        finally:
+            del self._loading[key]
+            future.set_result(None)
+
+    def _remember(self, key: ModelKey, entry: LoadedModel | None) -> None:
+        if entry is None and len(self._entries) >= MAX_ABSENT:
+            for stale in [k for k, v in self._entries.items() if v is None]:
+                del self._entries[stale]
+        self._entries[key] = entry
+
+    async def _fetch(self, key: ModelKey) -> LoadedModel | None:
+        family = self._families.get(key.family)
+        if family is None:
+            return None
+        try:
+            meta = await self._store.latest(key)
+            if meta is None:
+                return None
+            return await self._load_version(family, meta)
+        except Exception as exc:  # a broken file must not take the server down
+            log.error(
+                "model.load_failed",
+                strat=key.strat,
+                family=key.family,
+                model_type=key.model_type,
+                error=str(exc),
+            )
+            return None
+
+    async def _load_version(self, family: ModelFamily, meta: ModelMeta) -> LoadedModel:
+        data = await self._store.read(meta)
+        model = await asyncio.to_thread(family.loads, data, meta.key.model_type)
+        predictor = family.predictor(model, meta.key.model_type)
+        log.info(
+            "model.loaded",
+            strat=meta.key.strat,
+            family=meta.key.family,
+            model_type=meta.key.model_type,
+            version=meta.version,
+        )
+        return LoadedModel(meta, predictor)
+
+    async def refresh(self) -> None:
+        """Reload every cached key whose newest version changed since the last look."""
+        generation = await self._store.generation()
+        if generation == self._generation:
+            return
+        self._generation = generation
+        for key, entry in list(self._entries.items()):
+            try:
+                meta = await self._store.latest(key)
+            except Exception as exc:
+                log.error("model.refresh_failed", family=key.family, error=str(exc))
+                continue
+            current = None if entry is None else entry.version
+            newest = None if meta is None else meta.version
+            if newest != current:
+                self._remember(key, await self._fetch(key))
+
+    async def refresh_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.error("model.refresh_failed", error=str(exc))

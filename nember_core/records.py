@@ -1,0 +1,137 @@
+"""The data that moves between the core and its plugins, as typed attrs classes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+MODEL_TYPES = ("class", "reg")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@attrs.frozen
+class Account:
+    id: str
+    email: str
+    created_at: datetime
+
+
+@attrs.frozen
+class ApiKey:
+    """An API key as stored: never the key itself, only its id, name and visible prefix."""
+
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@attrs.frozen
+class NewApiKey:
+    """A key just created: ``secret`` is the full key, shown to its owner this once."""
+
+    key: ApiKey
+    secret: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ModelKey:
+    """What a prediction request names: whose model, for which strategy, family and type."""
+
+    account_id: str
+    strat: str
+    family: str
+    model_type: str
+
+
+@attrs.frozen
+class ModelMeta:
+    """Everything known about one trained model version, stored beside its file."""
+
+    key: ModelKey
+    version: int
+    features: tuple[str, ...] = attrs.field(converter=tuple)
+    window: int
+    target: str
+    classes: tuple[Any, ...] | None  # label of each class index, as in the training data
+    family_version: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    samples: int
+    trained_at: datetime
+    training_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account_id": self.key.account_id,
+            "strat": self.key.strat,
+            "family": self.key.family,
+            "model_type": self.key.model_type,
+            "version": self.version,
+            "features": list(self.features),
+            "window": self.window,
+            "target": self.target,
+            "classes": None if self.classes is None else list(self.classes),
+            "family_version": self.family_version,
+            "params": self.params,
+            "metrics": self.metrics,
+            "samples": self.samples,
+            "trained_at": self.trained_at.isoformat(),
+            "training_seconds": self.training_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelMeta:
+        classes = data["classes"]
+        return cls(
+            key=ModelKey(data["account_id"], data["strat"], data["family"], data["model_type"]),
+            version=int(data["version"]),
+            features=tuple(data["features"]),
+            window=int(data["window"]),
+            target=data["target"],
+            classes=None if classes is None else tuple(classes),
+            family_version=data["family_version"],
+            params=dict(data["params"]),
+            metrics=dict(data["metrics"]),
+            samples=int(data["samples"]),
+            trained_at=datetime.fromisoformat(data["trained_at"]),
+            training_seconds=float(data["training_seconds"]),
+        )
+
+
+@attrs.frozen
+class Charge:
+    connection_id: str
+    account_id: str
+    key_id: str
+    amount: Decimal
+    currency: str
+    charged_at: datetime
+
+
+@attrs.define
+class ConnectionUsage:
+    """One connection's life, as billing records it."""
+
+    connection_id: str
+    account_id: str
+    key_id: str
+    remote: str
+    opened_at: datetime
+    closed_at: datetime | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    predictions: int = 0
+    errors: int = 0

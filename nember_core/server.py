@@ -1,0 +1,105 @@
+"""The aiohttp application: routes, start-up and shutdown, TLS, and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from .errors import ConfigError, NemberError
+from .gateway import Gateway
+from .model_cache import ModelCache
+from .services import Nember
+
+log = structlog.get_logger("nember.server")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+WS_PATH = "/ws"
+
+
+def create_app(nember: Nember) -> web.Application:
+    app = web.Application()
+    state: dict[str, object] = {}
+
+    async def lifecycle(app: web.Application):
+        services = await nember.open()
+        cache = ModelCache(services.model_store, nember.families)
+        gateway = Gateway(nember.config, services, cache)
+        app[GATEWAY] = gateway
+        state["gateway"] = gateway
+        server = nember.config.server
+        tasks = [
+            asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
+            asyncio.create_task(gateway.watch_revocations(server.revocation_check_interval)),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await services.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        gateway = state.get("gateway")
+        if gateway is not None:
+            await gateway.shutdown()
+
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await request.app[GATEWAY].handle(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get(WS_PATH, websocket)
+    return app
+
+
+def ssl_context(nember: Nember) -> ssl.SSLContext | None:
+    tls = nember.config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        where = nember.config.path or "<defaults>"
+        raise ConfigError(f"{where}: server.tls: cannot load the certificate and key: {exc}") from None
+    return context
+
+
+def serve(
+    nember: Nember,
+    host: str | None = None,
+    port: int | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain connections (close code 1001) and return."""
+    server = nember.config.server
+    host = host or server.host
+    port = server.port if port is None else port
+    context = ssl_context(nember)
+    scheme = "wss" if context else "ws"
+    url = f"{scheme}://{host}:{port}{WS_PATH}"
+
+    def announce(_message: str) -> None:
+        log.info("server.listening", url=url)
+        if ready is not None:
+            ready(url)
+
+    try:
+        web.run_app(
+            create_app(nember),
+            host=host,
+            port=port,
+            ssl_context=context,
+            shutdown_timeout=server.shutdown_timeout,
+            print=announce,
+            access_log=None,
+        )
+    except OSError as exc:
+        raise NemberError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    log.info("server.stopped")

@@ -1,0 +1,57 @@
+"""The embedded default connection registry: this process's live connections, in memory.
+
+Enough for one node; a shared registry (Redis) lets several nodes enforce limits and close
+each other's connections.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from nember_core import hookimpl
+from nember_core.interfaces import PluginContext, Provider
+
+
+class MemoryConnectionRegistry:
+    def __init__(self) -> None:
+        self._by_id: dict[str, object] = {}
+        self._by_account: dict[str, dict[str, object]] = defaultdict(dict)
+
+    async def add(self, conn, limit: int) -> bool:
+        live = self._by_account[conn.account_id]
+        if len(live) >= limit:
+            return False
+        live[conn.id] = conn
+        self._by_id[conn.id] = conn
+        return True
+
+    async def remove(self, conn) -> None:
+        self._by_id.pop(conn.id, None)
+        live = self._by_account.get(conn.account_id)
+        if live is not None:
+            live.pop(conn.id, None)
+            if not live:
+                del self._by_account[conn.account_id]
+
+    async def list(self, account_id: str) -> list:
+        return list(self._by_account.get(account_id, {}).values())
+
+    async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
+        conn = self._by_id.get(connection_id)
+        if conn is None:
+            return False
+        await conn.close(code, reason)
+        return True
+
+    async def close(self) -> None:
+        self._by_id.clear()
+        self._by_account.clear()
+
+
+def _create(options: None, context: PluginContext) -> MemoryConnectionRegistry:
+    return MemoryConnectionRegistry()
+
+
+@hookimpl
+def nember_connection_registries():
+    return [Provider(name="memory", create=_create)]

@@ -1,0 +1,129 @@
+"""The billing ledger in SQLite: one charge per accepted connection, and its usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiosqlite
+
+from nember_core.errors import AlreadyExists
+from nember_core.records import Charge, ConnectionUsage, utcnow
+
+from .db import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    connection_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    charged_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charges_account ON charges(account_id, charged_at);
+CREATE TABLE IF NOT EXISTS usage (
+    connection_id TEXT PRIMARY KEY REFERENCES charges(connection_id),
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    closed_at TEXT,
+    close_code INTEGER,
+    close_reason TEXT,
+    predictions INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS usage_account ON usage(account_id, opened_at);
+"""
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class SqliteBillingLedger:
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteBillingLedger:
+        return cls(await connect(path, SCHEMA))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def charge(self, usage: ConnectionUsage, amount: Decimal, currency: str) -> Charge:
+        charge = Charge(
+            connection_id=usage.connection_id,
+            account_id=usage.account_id,
+            key_id=usage.key_id,
+            amount=Decimal(amount),
+            currency=currency,
+            charged_at=utcnow(),
+        )
+        try:
+            # One transaction: the charge and the open usage row land together, fsynced.
+            await self._db.execute(
+                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    charge.connection_id,
+                    charge.account_id,
+                    charge.key_id,
+                    str(charge.amount),
+                    currency,
+                    charge.charged_at.isoformat(),
+                ),
+            )
+            await self._db.execute(
+                "INSERT INTO usage (connection_id, account_id, key_id, remote, opened_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    usage.connection_id,
+                    usage.account_id,
+                    usage.key_id,
+                    usage.remote,
+                    usage.opened_at.isoformat(),
+                ),
+            )
+            await self._db.commit()
+        except aiosqlite.IntegrityError:
+            await self._db.rollback()
+            raise AlreadyExists(f"connection {usage.connection_id} is already charged") from None
+        return charge
+
+    async def record_usage(self, usage: ConnectionUsage) -> None:
+        await self._db.execute(
+            "UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, predictions = ?, "
+            "errors = ? WHERE connection_id = ?",
+            (
+                usage.closed_at.isoformat() if usage.closed_at else None,
+                usage.close_code,
+                usage.close_reason,
+                usage.predictions,
+                usage.errors,
+                usage.connection_id,
+            ),
+        )
+        await self._db.commit()
+
+    async def charges(self, account_id: str) -> list[Charge]:
+        async with self._db.execute(
+            "SELECT connection_id, account_id, key_id, amount, currency, charged_at FROM charges "
+            "WHERE account_id = ? ORDER BY charged_at",
+            (account_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Charge(r[0], r[1], r[2], Decimal(r[3]), r[4], _time(r[5])) for r in rows]
+
+    async def usage(self, account_id: str) -> list[ConnectionUsage]:
+        async with self._db.execute(
+            "SELECT connection_id, account_id, key_id, remote, opened_at, closed_at, close_code, "
+            "close_reason, predictions, errors FROM usage WHERE account_id = ? ORDER BY opened_at",
+            (account_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            ConnectionUsage(r[0], r[1], r[2], r[3], _time(r[4]), _time(r[5]), *r[6:]) for r in rows
+        ]

@@ -1,0 +1,169 @@
+"""Accounts and API keys in SQLite. Keys are stored as SHA-256 hashes, passwords via scrypt."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+
+from nember_core import credentials
+from nember_core.errors import AlreadyExists, NotFound
+from nember_core.records import Account, ApiKey, NewApiKey, utcnow
+
+from .db import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
+"""
+
+_KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at"
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _key(row) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        account_id=row[1],
+        name=row[2],
+        prefix=row[3],
+        created_at=_time(row[4]),
+        revoked_at=_time(row[5]),
+    )
+
+
+class SqliteKeyStore:
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteKeyStore:
+        return cls(await connect(path, SCHEMA))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def create_account(self, email: str, password: str) -> Account:
+        email = email.strip()
+        # scrypt is deliberately slow: keep it off the event loop.
+        password_hash = await asyncio.to_thread(credentials.hash_password, password)
+        account = Account(id=credentials.new_id("acct"), email=email, created_at=utcnow())
+        try:
+            await self._db.execute(
+                "INSERT INTO accounts (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                (account.id, email, password_hash, account.created_at.isoformat()),
+            )
+            await self._db.commit()
+        except aiosqlite.IntegrityError:
+            await self._db.rollback()
+            raise AlreadyExists(f"an account for {email} already exists") from None
+        return account
+
+    async def account_by_email(self, email: str) -> Account | None:
+        async with self._db.execute(
+            "SELECT id, email, created_at FROM accounts WHERE email = ?", (email.strip(),)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else Account(row[0], row[1], _time(row[2]))
+
+    async def check_password(self, email: str, password: str) -> Account | None:
+        async with self._db.execute(
+            "SELECT id, email, created_at, password_hash FROM accounts WHERE email = ?",
+            (email.strip(),),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        ok = await asyncio.to_thread(credentials.check_password, password, row[3])
+        return Account(row[0], row[1], _time(row[2])) if ok else None
+
+    async def create_key(self, account_id: str, name: str) -> NewApiKey:
+        secret = credentials.new_api_key()
+        key = ApiKey(
+            id=credentials.new_id("key"),
+            account_id=account_id,
+            name=name,
+            prefix=secret[: credentials.VISIBLE_PREFIX_LENGTH],
+            created_at=utcnow(),
+        )
+        await self._db.execute(
+            "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key.id,
+                account_id,
+                name,
+                key.prefix,
+                credentials.key_hash(secret),
+                key.created_at.isoformat(),
+            ),
+        )
+        await self._db.commit()
+        return NewApiKey(key=key, secret=secret)
+
+    async def list_keys(self, account_id: str) -> list[ApiKey]:
+        async with self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at",
+            (account_id,),
+        ) as cursor:
+            return [_key(row) for row in await cursor.fetchall()]
+
+    async def find_key(self, id_or_secret: str) -> ApiKey | None:
+        async with self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ? OR key_hash = ?",
+            (id_or_secret, credentials.key_hash(id_or_secret)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _key(row)
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        async with self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (credentials.key_hash(secret),),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _key(row)
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        await self._db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (utcnow().isoformat(), key_id),
+        )
+        await self._db.commit()
+        key = await self.find_key(key_id)
+        if key is None:
+            raise NotFound(f"no API key with id {key_id}")
+        return key
+
+    async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
+        ids = list(set(key_ids))
+        revoked: set[str] = set()
+        for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT id FROM api_keys WHERE revoked_at IS NOT NULL AND id IN ({marks})",
+                chunk,
+            ) as cursor:
+                revoked.update(row[0] for row in await cursor.fetchall())
+        return revoked
