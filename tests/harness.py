@@ -1,0 +1,157 @@
+"""Test harness: real `nember` processes on loopback ports, real websocket clients.
+
+Tests that need a service the machine lacks skip on a laptop and fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+NEMBER = str(Path(sys.executable).with_name("nember"))
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(folder: Path, server: dict | None = None, **sections) -> Path:
+    """A config in ``folder`` with a fresh port; ``server`` and sections override defaults."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "data_dir": "data",
+        "server": {"host": "127.0.0.1", "port": free_port(), **(server or {})},
+        "log": {"level": "info", "format": "json"},
+        **sections,
+    }
+    path = folder / "nember.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(config: Path | None, *args: str, env: dict | None = None, check: bool = True):
+    command = [NEMBER, *(["--config", str(config)] if config else []), *args]
+    full_env = {**os.environ, "NEMBER_PASSWORD": PASSWORD, **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def write_prices(path: Path, rows: int = 300, seed: int = 3) -> Path:
+    """A small time series: two features, a string class label and a numeric target."""
+    rng = np.random.default_rng(seed)
+    point1 = rng.normal(0, 1, rows).round(4)
+    point2 = rng.normal(0, 1, rows).round(4)
+    move = 0.7 * point1 - 0.4 * point2 + rng.normal(0, 0.3, rows)
+    lines = ["point1,point2,direction,move"]
+    for p1, p2, m in zip(point1, point2, move):
+        lines.append(f"{p1},{p2},{'up' if m > 0 else 'down'},{m:.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Server:
+    """A `nember serve` (or `nember demo`) process."""
+
+    def __init__(self, config: Path, command: str = "serve", env: dict | None = None):
+        self.config = config
+        settings = yaml.safe_load(config.read_text())
+        self.port = settings["server"]["port"]
+        scheme = "wss" if settings["server"].get("tls") else "ws"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/ws"
+        self.log_path = config.parent / f"server-{self.port}.log"
+        self.out_path = config.parent / f"server-{self.port}.out"
+        self._log = open(self.log_path, "ab")
+        self._out = open(self.out_path, "ab")
+        self.process = subprocess.Popen(
+            [NEMBER, "--config", str(config), command],
+            stdout=self._out,
+            stderr=self._log,
+            env={**os.environ, "NEMBER_PASSWORD": PASSWORD, **(env or {})},
+        )
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"server did not listen in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.out_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict]:
+        import json
+
+        found = []
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                found.append(event)
+        return found
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._close_files()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        self._log.close()
+        self._out.close()
+
+
+class Workspace:
+    def __init__(self, folder: Path, config: Path, key: str, data: Path):
+        self.folder = folder
+        self.config = config
+        self.key = key
+        self.data = data
+
+    def train(self, family: str, model_type: str, strat: str = "example_strategy", *extra: str):
+        target = "direction" if model_type == "class" else "move"
+        return run_cli(
+            self.config, "train", "--account", "trader@example.com", "--strat", strat,
+            "--model", family, "--type", model_type, "--data", str(self.data),
+            "--target", target, "--window", "2", "--features", "point1,point2", *extra,
+        )
+
+    def new_key(self, name: str = "extra") -> str:
+        out = run_cli(self.config, "keys", "create", "--account", "trader@example.com",
+                      "--name", name).stdout
+        return out.strip().splitlines()[-1]
+

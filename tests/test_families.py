@@ -1,0 +1,110 @@
+"""Every model family x type: trained from a CSV through the CLI, predicted over the socket,
+and equal to the same estimator fitted in this process on the same windows."""
+
+from __future__ import annotations
+
+import csv
+
+import aiohttp
+import numpy as np
+import pytest
+
+from tests.harness import Server
+from tests.helpers import ask, authed
+
+FAMILIES = ["DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
+            "XGBoost", "LightGBM"]
+WINDOW = 2
+
+
+def estimator(family: str, model_type: str):
+    """The library's own estimator, configured as the plugin documents its defaults."""
+    import lightgbm
+    import xgboost
+    from sklearn import ensemble, linear_model, tree
+
+    cls = model_type == "class"
+    seeded = {"random_state": 0}
+    forest = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
+    return {
+        "DecisionTree": lambda: (tree.DecisionTreeClassifier if cls
+                                 else tree.DecisionTreeRegressor)(**seeded),
+        "RandomForest": lambda: (ensemble.RandomForestClassifier if cls
+                                 else ensemble.RandomForestRegressor)(**forest),
+        "ExtraTrees": lambda: (ensemble.ExtraTreesClassifier if cls
+                               else ensemble.ExtraTreesRegressor)(**forest),
+        "GradientBoosting": lambda: (ensemble.HistGradientBoostingClassifier if cls
+                                     else ensemble.HistGradientBoostingRegressor)(**seeded),
+        "Linear": lambda: (linear_model.LogisticRegression(max_iter=1000) if cls
+                           else linear_model.LinearRegression()),
+        "XGBoost": lambda: (xgboost.XGBClassifier if cls else xgboost.XGBRegressor)(**forest),
+        "LightGBM": lambda: (lightgbm.LGBMClassifier if cls else lightgbm.LGBMRegressor)(
+            **forest, verbosity=-1),
+    }[family]()
+
+
+def windows(path):
+    """Samples built the way PROTOCOL.md §3 says, independently of nember_core."""
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    samples, points, labels, values = [], [], [], []
+    for t in range(WINDOW - 1, len(rows)):
+        window = rows[t - WINDOW + 1 : t + 1]
+        points.append([{"point1": float(r["point1"]), "point2": float(r["point2"])}
+                       for r in window])
+        samples.append([v for p in points[-1] for v in (p["point1"], p["point2"])])
+        labels.append(rows[t]["direction"])
+        values.append(float(rows[t]["move"]))
+    return np.array(samples), points, labels, np.array(values)
+
+
+@pytest.fixture(scope="module")
+def all_trained(workspace):
+    for family in FAMILIES:
+        for model_type in ("class", "reg"):
+            result = workspace.train(family, model_type, "families")
+            assert result.stdout.startswith(f"Trained {family} {model_type}")
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def family_server(all_trained):
+    server = Server(all_trained.config)
+    yield server
+    server.kill()
+
+
+@pytest.mark.parametrize("model_type", ["class", "reg"])
+@pytest.mark.parametrize("family", FAMILIES)
+async def test_socket_prediction_equals_in_process_estimator(
+    family_server, all_trained, family, model_type
+):
+    X, points, labels, values = windows(all_trained.data)
+    model = estimator(family, model_type)
+    if model_type == "class":
+        classes = sorted(set(labels))
+        model.fit(X, np.array([classes.index(label) for label in labels]))
+    else:
+        model.fit(X, values)
+    picks = [0, 1, 57, 123, len(points) - 1]
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, family_server.url, all_trained.key)
+        for i in picks:
+            answer = await ask(ws, {
+                "strat_name": "families", "model_name": family, "model_type": model_type,
+                "DataPoints": points[i],
+            })
+            assert answer["type"] == "success", answer
+            expected = model.predict(X[i : i + 1])[0]
+            if model_type == "class":
+                assert answer["prediction"] == classes[int(expected)]
+            else:
+                assert answer["prediction"] == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+        await ws.close()
+
+
+def test_training_output_reports_holdout_metrics(all_trained):
+    result = all_trained.train("DecisionTree", "class", "metrics")
+    assert "hold-out: accuracy" in result.stdout
+    result = all_trained.train("Linear", "reg", "metrics")
+    assert "mae" in result.stdout and "rmse" in result.stdout
