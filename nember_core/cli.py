@@ -160,11 +160,14 @@ async def _train(nember: Nember, services: Services, args) -> int:
         features = [name.strip() for name in args.features.split(",") if name.strip()]
         if not features:
             raise NemberError("--features: name at least one column")
-    meta = await commands.train_model(
-        nember, services, args.account, args.strat, args.model, args.model_type, args.data,
-        args.target, args.window, features, commands.parse_params(args.param),
-        ProgressBar(f"{args.model} {args.model_type}"),
-    )
+    bar = ProgressBar(f"{args.model} {args.model_type}")
+    try:
+        meta = await commands.train_model(
+            nember, services, args.account, args.strat, args.model, args.model_type, args.data,
+            args.target, args.window, features, commands.parse_params(args.param), bar,
+        )
+    finally:
+        bar.close()
     print(f"Trained {_describe(meta)}")
     return 0
 

@@ -84,11 +84,15 @@ async def prepare(nember: Nember, services: Services) -> dict[str, str]:
             key_ = ModelKey(account.id, STRAT, family, model_type)
             if await services.model_store.latest(key_) is not None:
                 continue
-            await commands.train_model(
-                nember, services, EMAIL, STRAT, family, model_type, prices, target,
-                window=WINDOW, features=["point1", "point2"],
-                progress=ProgressBar(f"demo: training {family} {model_type}"),
-            )
+            print(f"demo: training {family} {model_type}...", file=sys.stderr, flush=True)
+            bar = ProgressBar(f"demo: {family} {model_type}")
+            try:
+                await commands.train_model(
+                    nember, services, EMAIL, STRAT, family, model_type, prices, target,
+                    window=WINDOW, features=["point1", "point2"], progress=bar,
+                )
+            finally:
+                bar.close()
     return credentials
 
 

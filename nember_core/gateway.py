@@ -43,11 +43,12 @@ class LiveConnection:
     predictions: int = 0
     errors: int = 0
     last_request_at: float | None = None  # Unix time
-    close_reason: str | None = None  # set when the server closes it
+    close_code: int | None = None  # set when the server closes it...
+    close_reason: str | None = None  # ...and why
 
     async def close(self, code: int, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
         await self.ws.close(code=code, message=reason.encode())
 
     def usage(self) -> ConnectionUsage:
@@ -70,6 +71,7 @@ class Gateway:
         self.sockets: set[web.WebSocketResponse] = set()  # every open socket, authenticated or not
         self.live: dict[str, LiveConnection] = {}  # this node's authenticated connections
         self.closing = False
+        self._closers: set[asyncio.Task] = set()  # close handshakes in flight
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         server = self.config.server
@@ -178,7 +180,8 @@ class Gateway:
         await self.services.registry.remove(conn)
         usage = conn.usage()
         usage.closed_at = utcnow()
-        usage.close_code = ws.close_code
+        # The peer echoes the server's close code or sends its own; the server's wins.
+        usage.close_code = conn.close_code or ws.close_code
         usage.close_reason = conn.close_reason or _close_reason(ws.close_code)
         try:
             await self.services.billing.record_usage(usage)
@@ -208,20 +211,21 @@ class Gateway:
             except Exception as exc:
                 log.error("revocation.check_failed", error=repr(exc))
                 continue
-            doomed = [c for c in self.live.values() if c.key_id in revoked]
-            for conn in doomed:
-                asyncio.create_task(conn.close(protocol.KEY_REVOKED, "API key revoked"))
+            for conn in [c for c in self.live.values() if c.key_id in revoked]:
+                if conn.close_code is None:
+                    # In the background: a slow peer's close handshake must not delay others.
+                    task = asyncio.create_task(conn.close(protocol.KEY_REVOKED, "API key revoked"))
+                    self._closers.add(task)
+                    task.add_done_callback(self._closers.discard)
 
     async def shutdown(self) -> None:
         """Stop accepting and close every socket with 1001; handlers then record usage."""
         self.closing = True
-        for conn in self.live.values():
-            conn.close_reason = conn.close_reason or "server shutdown"
+        live = list(self.live.values())
+        pending = self.sockets - {conn.ws for conn in live}  # not yet authenticated
         await asyncio.gather(
-            *(
-                ws.close(code=protocol.GOING_AWAY, message=b"Server shutting down")
-                for ws in list(self.sockets)
-            ),
+            *(conn.close(protocol.GOING_AWAY, "server shutdown") for conn in live),
+            *(ws.close(code=protocol.GOING_AWAY, message=b"server shutdown") for ws in pending),
             return_exceptions=True,
         )
 

@@ -1,4 +1,4 @@
-"""A progress bar for long work in a terminal; plain stage lines when stderr is a file."""
+"""A progress bar for long work, drawn only when stderr is a terminal (scripts see no noise)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,23 @@ class ProgressBar:
     def __init__(self, label: str, stream=sys.stderr):
         self.label = label
         self.stream = stream
-        self.tty = stream.isatty()
-        self.last_stage = ""
+        self.enabled = stream.isatty()
+        self.open_line = False
 
     def __call__(self, fraction: float, stage: str) -> None:
-        if self.tty:
-            filled = int(self.WIDTH * fraction)
-            bar = "#" * filled + "-" * (self.WIDTH - filled)
-            end = "\n" if fraction >= 1.0 else ""
-            self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {stage:<28}{end}")
+        if not self.enabled:
+            return
+        filled = int(self.WIDTH * fraction)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {stage:<28}")
+        self.open_line = fraction < 1.0
+        if not self.open_line:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End a bar left half-drawn (by an error), so the next line starts clean."""
+        if self.open_line:
+            self.stream.write("\n")
             self.stream.flush()
-        elif stage != self.last_stage:
-            self.stream.write(f"{self.label}: {fraction:4.0%} {stage}\n")
-            self.stream.flush()
-        self.last_stage = stage
+            self.open_line = False

@@ -96,11 +96,9 @@ class Server:
         raise AssertionError(f"server did not listen in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def output(self) -> str:
-        self._out.flush()
         return self.out_path.read_text(errors="replace")
 
     def events(self, name: str) -> list[dict]:

@@ -35,7 +35,7 @@ class LightGBMFamily:
         import lightgbm
 
         try:
-            return lightgbm.Booster(model_str=data.decode("utf-8"), params={"num_threads": 1})
+            return lightgbm.Booster(model_str=data.decode("utf-8"))
         except (lightgbm.basic.LightGBMError, UnicodeDecodeError) as exc:
             raise ModelFileRejected(f"not a LightGBM model: {str(exc).splitlines()[0]}") from None
 

@@ -1,0 +1,128 @@
+"""Billing (one durable charge per accepted connection), usage, shutdown, revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+
+import aiohttp
+
+from tests.harness import Server, run_cli, write_config
+from tests.helpers import ask, authed, request
+
+
+def ledger(workspace):
+    db = sqlite3.connect(workspace.folder / "data" / "billing.sqlite3")
+    try:
+        charges = db.execute("SELECT connection_id, amount, currency FROM charges").fetchall()
+        usage = db.execute(
+            "SELECT connection_id, closed_at, close_code, close_reason, predictions, errors "
+            "FROM usage"
+        ).fetchall()
+    finally:
+        db.close()
+    return charges, {row[0]: row[1:] for row in usage}
+
+
+def own_server(workspace, tmp_path, **server) -> Server:
+    config = write_config(tmp_path, server=server, billing={"price": "0.25", "currency": "EUR"})
+    text = config.read_text().replace("data_dir: data", f"data_dir: {workspace.folder / 'data'}")
+    config.write_text(text)
+    return Server(config)
+
+
+async def test_one_charge_per_accepted_connection_none_for_refused(trained, tmp_path):
+    server = own_server(trained, tmp_path)
+    try:
+        before, _ = ledger(trained)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                ws = await authed(session, server.url, trained.key)
+                await ask(ws, request())
+                await ws.close()
+            for bad in ["nmb_nope", ""]:
+                async with session.ws_connect(server.url) as ws:
+                    await ws.send_str(bad)
+                    await ws.receive(timeout=10)
+        after, _ = ledger(trained)
+        new = after[len(before):]
+        assert len(new) == 3
+        assert {(amount, currency) for _, amount, currency in new} == {("0.25", "EUR")}
+    finally:
+        server.kill()
+
+
+async def test_usage_is_recorded_when_the_connection_ends(trained, tmp_path):
+    server = own_server(trained, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, trained.key)
+            for frame in [request(), request(), "bad", request(model_name="Nope")]:
+                await ask(ws, frame)
+            await ws.close()
+        await asyncio.sleep(0.5)
+        opened = server.events("connection.open")
+        assert len(opened) == 1
+        _, usage = ledger(trained)
+        closed_at, code, reason, predictions, errors = usage[opened[0]["connection_id"]]
+        assert closed_at is not None and code == 1000 and reason == "closed by client"
+        assert (predictions, errors) == (2, 2)
+    finally:
+        server.kill()
+
+
+async def test_charge_survives_sigkill_right_after_the_auth_answer(trained, tmp_path):
+    server = own_server(trained, tmp_path)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        server.kill()  # SIGKILL: no chance to flush anything after the answer
+        await ws.close()
+    opened = server.events("connection.open")
+    charges, usage = ledger(trained)
+    assert opened[-1]["connection_id"] in {c[0] for c in charges}
+    assert usage[opened[-1]["connection_id"]][0] is None  # never closed cleanly: no close time
+
+
+async def test_sigterm_closes_connections_with_1001_records_usage_and_exits_0(trained, tmp_path):
+    server = own_server(trained, tmp_path)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        await ask(ws, request())
+        server.process.send_signal(signal.SIGTERM)
+        msg = await ws.receive(timeout=15)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1001
+    assert server.process.wait(30) == 0
+    server.kill()
+    conn_id = server.events("connection.open")[-1]["connection_id"]
+    _, usage = ledger(trained)
+    closed_at, code, reason, predictions, _errors = usage[conn_id]
+    assert closed_at is not None and code == 1001 and reason == "server shutdown"
+    assert predictions == 1
+
+
+async def test_revoking_a_key_with_the_cli_closes_its_connections_with_4401(server, trained):
+    key = trained.new_key("revoked-live")
+    async with aiohttp.ClientSession() as session:
+        doomed = await authed(session, server.url, key)
+        other = await authed(session, server.url, trained.key)
+        assert (await ask(doomed, request()))["type"] == "success"
+        run_cli(trained.config, "keys", "revoke", key)
+        revoked_at = time.monotonic()
+        msg = await doomed.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert doomed.close_code == 4401
+        assert time.monotonic() - revoked_at < 2.0
+        assert (await ask(other, request()))["type"] == "success"  # other keys unaffected
+        await other.close()
+
+
+def test_logs_are_json_events_and_never_contain_a_key(server, trained):
+    log = server.log()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert {"connection.open", "connection.close"} <= {e["event"] for e in events}
+    assert trained.key not in log
+    assert trained.key[4:20] not in log

@@ -1,0 +1,169 @@
+"""Config and CLI errors: one clear line on stderr, a non-zero exit; and the CLI's happy paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import PASSWORD, run_cli, write_prices
+
+
+def fails(config, *args, env=None) -> str:
+    result = run_cli(config, *args, env=env, check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one line, no traceback
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("bogus: 1\n", "bogus: unknown key"),
+        ("server:\n  port: eighty\n", "server.port: expected an integer, got a string ('eighty')"),
+        ("server:\n  port: 99999\n", "server.port: expected a port number from 0 to 65535"),
+        ("server:\n  prot: 80\n", "server.prot: unknown key"),
+        ("server:\n  rate_limit: {per_second: true}\n",
+         "server.rate_limit.per_second: expected a number, got a boolean (true)"),
+        ("server:\n  tls: {cert: a.pem}\n", "server.tls.key: required key is missing"),
+        ("server: [1, 2]\n", "server: expected a mapping, got a list"),
+        ("key_store:\n  plugin: postgres\n",
+         "key_store.plugin: no installed plugin provides 'postgres' (installed: sqlite)"),
+        ("key_store:\n  plugin: sqlite\n  colour: blue\n", "key_store.colour: unknown key"),
+        ("billing:\n  price: lots\n", "billing.price: expected a number, got 'lots'"),
+        ("model_store:\n  plugin: s3\n",
+         "model_store.plugin: no installed plugin provides 's3' (installed: local_disk)"),
+        ("connection_registry:\n  plugin: memory\n  url: x\n",
+         "connection_registry.url: unknown key"),
+        ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
+        ("server: {port: [\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "the config must be a mapping"),
+    ],
+)
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    line = fails(config, "serve")
+    assert line.startswith(f"nember: error: {config}: ")
+    assert expected in line
+
+
+def test_missing_config_file_named_explicitly(tmp_path):
+    line = fails(tmp_path / "nope.yaml", "keys", "list", "--account", "a@b.co")
+    assert line == f"nember: error: {tmp_path / 'nope.yaml'}: config file not found"
+
+
+def test_config_from_the_environment_variable(tmp_path):
+    config = tmp_path / "env.yaml"
+    config.write_text("bogus: 1\n")
+    line = fails(None, "serve", env={"NEMBER_CONFIG": str(config)})
+    assert f"{config}: bogus: unknown key" in line
+
+
+def test_port_in_use_is_one_line(workspace):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = fails(workspace.config, "serve", "--port", str(port))
+    assert line.startswith(f"nember: error: cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["keys", "create", "--account", "nobody@example.com"], "no account for nobody@example.com"),
+        (["keys", "revoke", "key_doesnotexist"], "no such API key"),
+        (["accounts", "create", "trader@example.com"], "an account for trader@example.com already exists"),
+        (["accounts", "create", "not-an-email"], "'not-an-email' is not an email address"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "Nope",
+          "--type", "class", "--data", "prices.csv", "--target", "direction"],
+         "no installed model family 'Nope' (installed: DecisionTree, ExtraTrees"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "missing.csv", "--target", "direction"],
+         "missing.csv: file not found"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "nope"],
+         "no column named 'nope' (columns: point1, point2, direction, move)"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "reg", "--data", "prices.csv", "--target", "direction"],
+         "regression needs a numeric target, but 'direction' holds"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "direction", "--window", "0"],
+         "the window must be between 1 and 1000, not 0"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "direction",
+          "--features", "point1,direction"],
+         "the target 'direction' cannot also be a feature"),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "move",
+          "--features", "direction"],
+         "feature 'direction' is not numeric (line 2: "),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "direction",
+          "--param", "max_depth=-3"],
+         "DecisionTree could not be trained: "),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
+          "--type", "class", "--data", "prices.csv", "--target", "direction",
+          "--param", "no_such_param=1"],
+         "DecisionTree could not be trained: "),
+        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "XGBoost",
+          "--type", "class", "--data", "ragged.csv", "--target", "direction"],
+         "ragged.csv: line 3 has 2 values, the header has 4"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(workspace, monkeypatch, args, expected):
+    monkeypatch.chdir(workspace.folder)
+    (workspace.folder / "ragged.csv").write_text(
+        "point1,point2,direction,move\n1,2,up,0.1\n3,4\n"
+    )
+    line = fails(workspace.config, *args)
+    assert line.startswith("nember: error: ")
+    assert expected in line
+
+
+def test_accounts_create_without_a_password_source_fails_clearly(tmp_path):
+    from tests.harness import write_config
+
+    config = write_config(tmp_path)
+    line = fails(config, "accounts", "create", "x@example.com", env={"NEMBER_PASSWORD": ""})
+    assert "set NEMBER_PASSWORD" in line
+
+
+def test_keys_create_prints_the_key_alone_on_the_last_line_and_list_shows_it(workspace):
+    out = run_cli(workspace.config, "keys", "create", "--account", "trader@example.com",
+                  "--name", "bot-7").stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("nmb_") and " " not in key and len(key) >= 40
+    listing = run_cli(workspace.config, "keys", "list", "--account", "trader@example.com").stdout
+    rows = [line.split("\t") for line in listing.strip().splitlines()]
+    assert rows[0] == ["id", "name", "prefix", "created", "revoked"]
+    mine = [row for row in rows if row[1] == "bot-7"]
+    assert len(mine) == 1 and key.startswith(mine[0][2]) and mine[0][4] == "-"
+    assert key not in listing  # only the prefix is ever shown again
+    # Revoke by the key itself; then it shows a revoked time.
+    run_cli(workspace.config, "keys", "revoke", key)
+    listing = run_cli(workspace.config, "keys", "list", "--account", "trader@example.com").stdout
+    assert [r for r in (l.split("\t") for l in listing.splitlines()) if r[1] == "bot-7"][0][4] != "-"
+
+
+def test_secrets_are_stored_hashed(workspace):
+    import sqlite3
+
+    key = workspace.new_key("hashed")
+    raw = (workspace.folder / "data" / "keys.sqlite3").read_bytes()
+    db = sqlite3.connect(workspace.folder / "data" / "keys.sqlite3")
+    dump = "\n".join(db.iterdump())
+    db.close()
+    assert key not in dump and key.encode() not in raw
+    assert PASSWORD not in dump
+    assert "scrypt$" in dump
+
+
+def test_train_default_features_are_every_numeric_column_but_the_target(workspace, tmp_path):
+    data = write_prices(tmp_path / "p.csv")
+    out = run_cli(workspace.config, "train", "--account", "trader@example.com", "--strat", "d",
+                  "--model", "DecisionTree", "--type", "reg", "--data", str(data),
+                  "--target", "move").stdout
+    assert "features point1,point2;" in out and "window 1" in out

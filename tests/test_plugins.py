@@ -1,0 +1,81 @@
+"""Plugins: a third party's family found through its entry point, and the hook docs."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import shutil
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from nember_core import hookspecs
+from tests.harness import Server, run_cli
+from tests.helpers import ask, authed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def install_example_plugin(target: Path) -> dict:
+    """Lay out examples/plugin as an installed distribution would: module + dist-info."""
+    shutil.copytree(ROOT / "examples/plugin/nember_baseline", target / "nember_baseline")
+    info = target / "nember_baseline-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nember-baseline\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[nember]\nbaseline = nember_baseline\n")
+    return {"PYTHONPATH": str(target)}
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    return install_example_plugin(tmp_path_factory.mktemp("site"))
+
+
+def test_third_party_family_is_listed(workspace, plugin_env):
+    listed = run_cli(workspace.config, "families", env=plugin_env).stdout
+    assert "Baseline\tnember-baseline 0.1.0" in listed
+    assert "Baseline" not in run_cli(workspace.config, "families").stdout
+
+
+async def test_third_party_family_trains_and_serves(workspace, plugin_env):
+    out = run_cli(
+        workspace.config, "train", "--account", "trader@example.com", "--strat", "third",
+        "--model", "Baseline", "--type", "reg", "--data", str(workspace.data),
+        "--target", "move", "--features", "point1", env=plugin_env,
+    ).stdout
+    assert out.startswith("Trained Baseline reg")
+    import csv
+
+    with open(workspace.data) as handle:
+        moves = [float(row["move"]) for row in csv.DictReader(handle)]
+    server = Server(workspace.config, env=plugin_env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, workspace.key)
+            answer = await ask(ws, {"strat_name": "third", "model_name": "Baseline",
+                                    "model_type": "reg", "DataPoints": [{"point1": 1.5}]})
+            assert answer["prediction"] == pytest.approx(sum(moves) / len(moves))
+            await ws.close()
+    finally:
+        server.kill()
+
+
+def test_every_hook_is_documented_in_the_readme_with_its_signature():
+    readme = (ROOT / "README.md").read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("nember_")]
+    assert len(hooks) >= 5
+    for name in hooks:
+        function = getattr(hookspecs, name)
+        assert function.__doc__ and function.__doc__.strip(), f"{name} has no docstring"
+        signature = f"{name}{inspect.signature(function)}"
+        assert re.search(re.escape(signature), readme), f"README lacks `{signature}`"
+
+
+def test_first_party_plugins_are_registered_through_the_entry_point_group():
+    from importlib.metadata import entry_points
+
+    names = {ep.value for ep in entry_points(group="nember")}
+    assert {"nember_sqlite", "nember_local_disk", "nember_memory_registry", "nember_sklearn",
+            "nember_xgboost", "nember_lightgbm"} <= names
