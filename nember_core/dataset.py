@@ -69,7 +69,8 @@ def read_csv(path: Path, target: str, features: list[str] | None) -> Dataset:
     else:
         for name in features:
             if name not in columns:
-                raise InvalidData(f"{path}: no column named {name!r} (columns: {', '.join(header)})")
+                columns_list = ", ".join(header)
+                raise InvalidData(f"{path}: no column named {name!r} (columns: {columns_list})")
             if name == target:
                 raise InvalidData(f"{path}: the target {target!r} cannot also be a feature")
             if name not in numeric:

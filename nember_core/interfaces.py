@@ -8,7 +8,7 @@ because they run in worker threads or processes, never on the event loop's hot p
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs

@@ -67,7 +67,9 @@ def ssl_context(nember: Nember) -> ssl.SSLContext | None:
         context.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
         where = nember.config.path or "<defaults>"
-        raise ConfigError(f"{where}: server.tls: cannot load the certificate and key: {exc}") from None
+        raise ConfigError(
+            f"{where}: server.tls: cannot load the certificate and key: {exc}"
+        ) from None
     return context
 
 

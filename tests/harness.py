@@ -56,7 +56,7 @@ def write_prices(path: Path, rows: int = 300, seed: int = 3) -> Path:
     point2 = rng.normal(0, 1, rows).round(4)
     move = 0.7 * point1 - 0.4 * point2 + rng.normal(0, 0.3, rows)
     lines = ["point1,point2,direction,move"]
-    for p1, p2, m in zip(point1, point2, move):
+    for p1, p2, m in zip(point1, point2, move, strict=True):
         lines.append(f"{p1},{p2},{'up' if m > 0 else 'down'},{m:.4f}")
     path.write_text("\n".join(lines) + "\n")
     return path

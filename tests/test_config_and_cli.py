@@ -73,9 +73,11 @@ def test_port_in_use_is_one_line(workspace):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["keys", "create", "--account", "nobody@example.com"], "no account for nobody@example.com"),
+        (["keys", "create", "--account", "nobody@example.com"],
+         "no account for nobody@example.com"),
         (["keys", "revoke", "key_doesnotexist"], "no such API key"),
-        (["accounts", "create", "trader@example.com"], "an account for trader@example.com already exists"),
+        (["accounts", "create", "trader@example.com"],
+         "an account for trader@example.com already exists"),
         (["accounts", "create", "not-an-email"], "'not-an-email' is not an email address"),
         (["train", "--account", "trader@example.com", "--strat", "s", "--model", "Nope",
           "--type", "class", "--data", "prices.csv", "--target", "direction"],
@@ -145,7 +147,8 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_list_shows_it(wor
     # Revoke by the key itself; then it shows a revoked time.
     run_cli(workspace.config, "keys", "revoke", key)
     listing = run_cli(workspace.config, "keys", "list", "--account", "trader@example.com").stdout
-    assert [r for r in (l.split("\t") for l in listing.splitlines()) if r[1] == "bot-7"][0][4] != "-"
+    rows = [line.split("\t") for line in listing.splitlines()]
+    assert [row for row in rows if row[1] == "bot-7"][0][4] != "-"
 
 
 def test_secrets_are_stored_hashed(workspace):

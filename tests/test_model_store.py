@@ -9,12 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from nember_local_disk import LocalDiskModelStore
 
 from nember_core.errors import ModelFileRejected
 from nember_core.plugin_manager import plugin_manager
 from nember_core.records import ModelKey, ModelMeta, utcnow
 from nember_core.services import collect_families
-from nember_local_disk import LocalDiskModelStore
 
 FAMILIES = collect_families(plugin_manager())
 

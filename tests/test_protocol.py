@@ -155,7 +155,9 @@ async def test_retraining_makes_new_again_on_live_connections(server, trained):
         ws = await authed(session, server.url, trained.key)
         assert (await ask(ws, request(strat_name="retrain")))["message"] == NOT_FOUND
         trained.train("DecisionTree", "class", "retrain")
-        answer = await _wait_for(ws, request(strat_name="retrain"), lambda a: a["type"] == "success")
+        answer = await _wait_for(
+            ws, request(strat_name="retrain"), lambda a: a["type"] == "success"
+        )
         assert answer["message"] == NEW
         assert (await ask(ws, request(strat_name="retrain")))["message"] == EXISTING
         trained.train("DecisionTree", "class", "retrain", "--param", "max_depth=2")

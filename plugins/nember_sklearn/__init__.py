@@ -88,13 +88,74 @@ class SklearnFamily:
         return model
 
     def predictor(self, model, model_type: str):
-        predict = model.predict
-        return lambda row: predict(row)[0]
+        return fast_predictor(model)
 
     def predict(self, model, model_type: str, X: np.ndarray):
         return model.predict(X)
 
 
+def fast_predictor(model):
+    """A single-row predictor equal to ``model.predict`` without its per-call validation.
+
+    ``estimator.predict`` spends ~100 µs checking its input (and a forest dispatches its trees
+    through joblib); the fitted arrays answer one row in a few µs. Checked equal to
+    ``predict`` by the tests.
+    """
+    from sklearn.base import is_classifier
+    from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    float32 = np.float32  # the trees' own dtype: predict converts to it too
+    if isinstance(model, (DecisionTreeClassifier, DecisionTreeRegressor)):
+        trees = [model.tree_]
+    elif isinstance(
+        model,
+        (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor),
+    ):
+        trees = [estimator.tree_ for estimator in model.estimators_]
+    elif isinstance(model, LogisticRegression) and model.coef_.shape[0] == 1:
+        coef, intercept, classes = model.coef_[0], float(model.intercept_[0]), model.classes_
+        return lambda row: classes[int(float(row[0] @ coef) + intercept > 0)]
+    elif isinstance(model, LinearRegression) and np.ndim(model.coef_) == 1:
+        coef, intercept = model.coef_, float(model.intercept_)
+        return lambda row: float(row[0] @ coef) + intercept
+    else:  # multinomial logistic regression, histogram gradient boosting: the library's path
+        predict = model.predict
+        return lambda row: predict(row)[0]
+
+    if len(trees) == 1:
+        predict_tree = trees[0].predict
+        if is_classifier(model):
+            classes = model.classes_
+            return lambda row: classes[predict_tree(row.astype(float32))[0].argmax()]
+        return lambda row: predict_tree(row.astype(float32))[0, 0]
+    predicts = [tree.predict for tree in trees]
+    if is_classifier(model):
+        classes, n_classes = model.classes_, model.n_classes_
+
+        def predict_forest_class(row):
+            x = row.astype(float32)
+            total = np.zeros(n_classes)
+            for predict in predicts:
+                total += predict(x)[0, :n_classes]
+            return classes[total.argmax()]
+
+        return predict_forest_class
+
+    count = len(predicts)
+
+    def predict_forest_value(row):
+        x = row.astype(float32)
+        return sum(predict(x)[0, 0] for predict in predicts) / count
+
+    return predict_forest_value
+
+
 @hookimpl
 def nember_model_families():
-    return [SklearnFamily(name, clf, reg, defaults) for name, (clf, reg, defaults) in FAMILIES.items()]
+    return [
+        SklearnFamily(name, classifier, regressor, defaults)
+        for name, (classifier, regressor, defaults) in FAMILIES.items()
+    ]
