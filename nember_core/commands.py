@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .dataset import read_csv
-from .errors import InvalidData, NemberError, NotFound
+from .errors import NemberError, NotFound
 from .records import Account, ApiKey, ModelKey, ModelMeta, NewApiKey
 from .services import Nember, Services
 from .training import Progress, train
@@ -88,6 +88,4 @@ async def train_model(
     dataset = await asyncio.to_thread(read_csv, data, target, features)
     key = ModelKey(owner.id, strat, family.name, model_type)
     trained = await asyncio.to_thread(train, family, dataset, key, window, params, progress)
-    if trained.meta.samples < 1:
-        raise InvalidData("no samples to train on")
     return await services.model_store.save(trained.meta, trained.artifact)

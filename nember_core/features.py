@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import RequestError, describe
+from .protocol import RequestError, describe, quoted
 
 
 class FeatureExtractor:
@@ -77,7 +77,7 @@ class FeatureExtractor:
                 value = point[name]
                 if type(value) is bool or not isinstance(value, (int, float)):
                     raise RequestError(
-                        f"DataPoints[{i}]['{name}'] must be a number, got {describe(value)}."
+                        f"DataPoints[{i}][{quoted(name)}] must be a number, got {describe(value)}."
                     )
                 try:
                     finite = math.isfinite(float(value))
@@ -85,11 +85,11 @@ class FeatureExtractor:
                     finite = False
                 if not finite:
                     raise RequestError(
-                        f"DataPoints[{i}]['{name}'] must be a finite number within the range "
+                        f"DataPoints[{i}][{quoted(name)}] must be a finite number within the range "
                         "of a double."
                     )
         raise RequestError("DataPoints could not be read.")  # unreachable in practice
 
 
 def _names(names) -> str:
-    return ", ".join(f"'{name}'" for name in names)
+    return ", ".join(quoted(name) for name in names)

@@ -118,6 +118,8 @@ class Gateway:
             log.info("auth.refused", remote=remote, reason="invalid key")
             return await self._refuse(ws, protocol.INVALID_KEY, b"Invalid API key")
 
+        if ws.closed:
+            return None  # the peer left while its key was checked: nothing to charge
         conn = self._connection(ws, key, remote)
         limit = self.config.server.max_connections_per_account
         if not await self.services.registry.add(conn, limit):

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from .credentials import KEY_PREFIX
 from .records import MODEL_TYPES
 
 VALID_KEY = orjson.dumps({"status": "success", "message": "Valid API key."})
@@ -70,6 +71,14 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def quoted(text: str, limit: int = 40) -> str:
+    """A client's string as shown back in an error (and so in the log): quoted and cut short,
+    and never an API key pasted in the wrong place."""
+    if text.startswith(KEY_PREFIX):
+        return "an API key (not repeated)"
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def parse(text: str | bytes) -> dict[str, Any]:
     try:
         request = orjson.loads(text)
@@ -109,7 +118,7 @@ def model_selector(request: dict[str, Any], api_key: str) -> tuple[str, str, str
     if model_type is _NO_ID:
         raise RequestError("Missing field 'model_type': expected 'class' or 'reg'.")
     if model_type not in MODEL_TYPES or type(model_type) is not str:
-        shown = repr(model_type) if type(model_type) is str else describe(model_type)
+        shown = quoted(model_type) if type(model_type) is str else describe(model_type)
         raise RequestError(f"Field 'model_type' must be 'class' or 'reg', got {shown}.")
     points = request.get("DataPoints", _NO_ID)
     if points is _NO_ID:

@@ -120,9 +120,23 @@ async def test_revoking_a_key_with_the_cli_closes_its_connections_with_4401(serv
         await other.close()
 
 
-def test_logs_are_json_events_and_never_contain_a_key(server, trained):
-    log = server.log()
-    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    assert {"connection.open", "connection.close"} <= {e["event"] for e in events}
+async def test_logs_are_json_events_and_never_contain_a_key(server, trained):
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        await ask(ws, request(model_type=trained.key))  # a key pasted where it does not belong
+        await ask(ws, "bad")
+        await ws.close()
+        async with session.ws_connect(server.url) as refused:
+            await refused.send_str(trained.key + "x")
+            await refused.receive(timeout=10)
+    for _ in range(50):
+        log = server.log()
+        events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        if "connection.close" in {e["event"] for e in events}:
+            break
+        await asyncio.sleep(0.1)
+    assert {"connection.open", "connection.close", "request.error", "auth.refused"} <= {
+        e["event"] for e in events
+    }
     assert trained.key not in log
     assert trained.key[4:20] not in log

@@ -249,3 +249,26 @@ async def test_rate_limit_answers_an_error_and_keeps_the_connection(trained, tmp
             await ws.close()
     finally:
         server.kill()
+
+
+async def test_a_peer_that_ignores_pings_is_dropped(trained, tmp_path):
+    config = write_config(tmp_path, server={"heartbeat": 0.5})
+    text = config.read_text().replace("data_dir: data", f"data_dir: {trained.folder / 'data'}")
+    config.write_text(text)
+    server = Server(config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, trained.key, autoping=False)
+            ended = None
+            for _ in range(20):  # pings arrive and go unanswered; then the server drops us
+                msg = await ws.receive(timeout=10)
+                if msg.type != aiohttp.WSMsgType.PING:
+                    ended = msg.type
+                    break
+            assert ended in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                             aiohttp.WSMsgType.ERROR)
+        await asyncio.sleep(0.5)
+        closed = server.events("connection.close")
+        assert closed and closed[-1]["close_reason"] == "connection lost"
+    finally:
+        server.kill()
