@@ -101,7 +101,11 @@ class ModelStore(Protocol):
 
     async def read(self, meta: ModelMeta) -> bytes: ...
 
-    async def list(self, account_id: str) -> list[ModelMeta]: ...
+    async def list(self, account_id: str) -> list[ModelMeta]:
+        """Every version of every model of the account."""
+
+    async def delete(self, meta: ModelMeta) -> None:
+        """Remove one version (the previous one, if any, becomes the newest)."""
 
     async def generation(self) -> str:
         """A cheap token that changes whenever any model is saved or deleted.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -55,6 +56,12 @@ class ModelKey:
     family: str
     model_type: str
 
+    @property
+    def id(self) -> str:
+        """A stable, opaque id for the model (all its versions), for URLs."""
+        text = "\0".join((self.account_id, self.strat, self.family, self.model_type))
+        return "mdl_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @attrs.frozen
 class ModelMeta:
@@ -72,6 +79,11 @@ class ModelMeta:
     samples: int
     trained_at: datetime
     training_seconds: float
+
+    @property
+    def id(self) -> str:
+        """The id of this version: the model's id and the version number."""
+        return f"{self.key.id}-v{self.version}"
 
     def to_json(self) -> dict[str, Any]:
         return {

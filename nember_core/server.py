@@ -10,8 +10,10 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
+from . import rest
 from .errors import ConfigError, NemberError
 from .gateway import Gateway
+from .jobs import TrainingJobs
 from .model_cache import ModelCache
 from .services import Nember
 
@@ -22,16 +24,18 @@ WS_PATH = "/ws"
 
 
 def create_app(nember: Nember) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[rest.error_middleware])
     state: dict[str, object] = {}
 
     async def lifecycle(app: web.Application):
         services = await nember.open()
+        server = nember.config.server
         cache = ModelCache(services.model_store, nember.families)
         gateway = Gateway(nember.config, services, cache)
+        jobs = TrainingJobs(services.model_store, server.training_workers)
         app[GATEWAY] = gateway
+        app[rest.API] = rest.ApiContext(nember=nember, services=services, jobs=jobs)
         state["gateway"] = gateway
-        server = nember.config.server
         tasks = [
             asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
             asyncio.create_task(gateway.watch_revocations(server.revocation_check_interval)),
@@ -42,6 +46,7 @@ def create_app(nember: Nember) -> web.Application:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await jobs.close()
         await services.close()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -55,6 +60,7 @@ def create_app(nember: Nember) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get(WS_PATH, websocket)
+    rest.add_routes(app)
     return app
 
 

@@ -77,8 +77,9 @@ class LocalDiskModelStore:
             return meta
 
     def _bump_generation(self) -> None:
-        _fsync_write(self.root / ".tmp" / "gen", uuid.uuid4().hex.encode())
-        os.replace(self.root / ".tmp" / "gen", self.root / GENERATION_FILE)
+        token = uuid.uuid4().hex
+        _fsync_write(self.root / ".tmp" / token, token.encode())
+        os.replace(self.root / ".tmp" / token, self.root / GENERATION_FILE)
 
     def _read_meta(self, version_dir: Path) -> ModelMeta:
         return ModelMeta.from_json(json.loads((version_dir / META_FILE).read_text("utf-8")))
@@ -94,6 +95,16 @@ class LocalDiskModelStore:
         for meta_path in sorted(account_dir.glob(f"*/*/*/v*/{META_FILE}")):
             metas.append(self._read_meta(meta_path.parent))
         return metas
+
+    def _delete(self, meta: ModelMeta) -> None:
+        version_dir = self._key_dir(meta.key) / _version_dir(meta.version)
+        trash = self.root / ".tmp" / f"deleted-{uuid.uuid4().hex}"
+        try:
+            os.rename(version_dir, trash)  # atomic: readers see it or not, never half of it
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+        self._bump_generation()
 
     def _generation(self) -> str:
         try:
@@ -114,6 +125,9 @@ class LocalDiskModelStore:
 
     async def list(self, account_id: str) -> list[ModelMeta]:
         return await asyncio.to_thread(self._list, account_id)
+
+    async def delete(self, meta: ModelMeta) -> None:
+        await asyncio.to_thread(self._delete, meta)
 
     async def generation(self) -> str:
         return await asyncio.to_thread(self._generation)

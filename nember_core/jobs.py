@@ -1,0 +1,171 @@
+"""Training jobs started from the REST API: run in a process pool, watched for progress.
+
+Training is CPU-bound and can take minutes, so it runs in worker processes: predictions on the
+event loop never stall while a model trains. Workers find model families the same way the
+server does (the entry-point group); they send progress back through a queue and return the
+trained model, which the server then stores through the configured model store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from .credentials import new_id
+from .errors import NemberError, NotFound
+from .records import ModelKey, utcnow
+
+log = structlog.get_logger("nember.jobs")
+
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+KEEP_FINISHED = 1000  # finished jobs remembered per server, oldest forgotten first
+
+
+@attrs.frozen
+class TrainingSpec:
+    """Everything a worker needs, all picklable."""
+
+    job_id: str
+    key: ModelKey
+    data: Path
+    target: str
+    window: int
+    features: list[str] | None
+    params: dict[str, Any]
+
+
+@attrs.define
+class TrainingJob:
+    id: str
+    account_id: str
+    key: ModelKey
+    created_at: datetime
+    state: str = "queued"
+    progress: float = 0.0
+    stage: str = "queued"
+    error: str | None = None
+    model_id: str | None = None
+    version: int | None = None
+    finished_at: datetime | None = None
+
+
+_progress_queue: Any = None  # set in each worker process by _init_worker
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _train_in_worker(spec: TrainingSpec):
+    """Runs in a worker process."""
+    from .dataset import read_csv
+    from .plugin_manager import plugin_manager
+    from .services import collect_families
+    from .training import train
+
+    def progress(fraction: float, stage: str) -> None:
+        _progress_queue.put((spec.job_id, fraction, stage))
+
+    family = collect_families(plugin_manager())[spec.key.family]
+    dataset = read_csv(spec.data, spec.target, spec.features)
+    return train(family, dataset, spec.key, spec.window, spec.params, progress)
+
+
+class TrainingJobs:
+    def __init__(self, model_store, workers: int = 1):
+        self._store = model_store
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
+        self._queue = context.Queue()
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self._queue,),
+        )
+        self._jobs: dict[str, TrainingJob] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader = threading.Thread(target=self._read_progress, daemon=True)
+        self._reader.start()
+        self._tasks: set[asyncio.Task] = set()
+
+    def _read_progress(self) -> None:
+        while True:
+            try:
+                item = self._queue.get()
+            except (EOFError, OSError, ValueError):
+                return
+            if item is None:
+                return
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._update, *item)
+
+    def _update(self, job_id: str, fraction: float, stage: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.state == "running":
+            job.progress, job.stage = round(fraction, 3), stage
+
+    def get(self, account_id: str, job_id: str) -> TrainingJob:
+        job = self._jobs.get(job_id)
+        if job is None or job.account_id != account_id:
+            raise NotFound(f"no training job {job_id}")
+        return job
+
+    def submit(self, spec_args: dict[str, Any], key: ModelKey, cleanup: Path | None) -> TrainingJob:
+        self._loop = asyncio.get_running_loop()
+        job = TrainingJob(id=new_id("job"), account_id=key.account_id, key=key,
+                          created_at=utcnow())
+        self._forget_old()
+        self._jobs[job.id] = job
+        spec = TrainingSpec(job_id=job.id, key=key, **spec_args)
+        task = asyncio.create_task(self._run(job, spec, cleanup))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _run(self, job: TrainingJob, spec: TrainingSpec, cleanup: Path | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            job.state, job.stage = "running", "starting"
+            trained = await loop.run_in_executor(self._pool, _train_in_worker, spec)
+            job.stage = "saving"
+            meta = await self._store.save(trained.meta, trained.artifact)
+            job.model_id, job.version = meta.id, meta.version
+            job.state, job.progress, job.stage = "succeeded", 1.0, "trained"
+        except NemberError as exc:
+            job.state, job.error = "failed", str(exc)
+        except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving
+            log.error("training.failed", job_id=job.id, error=repr(exc))
+            job.state, job.error = "failed", f"training failed unexpectedly: {exc}"
+        finally:
+            job.finished_at = utcnow()
+            if cleanup is not None:
+                cleanup.unlink(missing_ok=True)
+        log.info("training.finished", job_id=job.id, state=job.state, family=job.key.family,
+                 model_type=job.key.model_type, version=job.version)
+
+    def _forget_old(self) -> None:
+        finished = sorted(
+            (job for job in self._jobs.values() if job.finished_at is not None),
+            key=lambda job: job.finished_at,
+        )
+        for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._jobs[job.id]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._queue.put(None)
+        except (OSError, ValueError):
+            pass
+        self._queue.close()
