@@ -67,6 +67,14 @@ class BillingConfig:
 
 
 @attrs.frozen
+class DashboardConfig:
+    enabled: bool = True  # the web dashboard at / (the REST API at /api/ is always on)
+    allow_signup: bool = False  # may visitors create accounts?
+    session_hours: float = 24.0  # how long a login lasts
+    login_attempts_per_minute: int = 10  # per email and per address, then 429
+
+
+@attrs.frozen
 class LogConfig:
     level: str = "info"
     format: str = "json"  # or "console"
@@ -82,6 +90,7 @@ class Config:
     model_store: PluginSection
     connection_registry: PluginSection
     log: LogConfig
+    dashboard: DashboardConfig = DashboardConfig()
 
 
 # role name -> (hook name, default plugin)
@@ -91,7 +100,7 @@ ROLES = {
     "model_store": ("nember_model_stores", "local_disk"),
     "connection_registry": ("nember_connection_registries", "memory"),
 }
-TOP_LEVEL = {"data_dir", "server", "log", *ROLES}
+TOP_LEVEL = {"data_dir", "server", "log", "dashboard", *ROLES}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -134,6 +143,10 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
     data_dir = _structure(Path, raw.get("data_dir", "var"), "data_dir", where, base)
     server = _structure(ServerConfig, raw.get("server", {}), "server", where, base)
     log = _structure(LogConfig, raw.get("log", {}), "log", where, base)
+    dashboard = _structure(DashboardConfig, raw.get("dashboard", {}), "dashboard", where, base)
+    if dashboard.session_hours <= 0 or dashboard.login_attempts_per_minute < 1:
+        raise ConfigError(f"{where}: dashboard: session_hours and login_attempts_per_minute "
+                          "must be positive")
     if log.level not in LOG_LEVELS:
         raise ConfigError(f"{where}: log.level: expected one of {', '.join(LOG_LEVELS)}")
     if log.format not in LOG_FORMATS:
@@ -172,7 +185,9 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
         else:
             sections[role] = plugin_section
 
-    return Config(path=path, data_dir=data_dir, server=server, log=log, **sections)
+    return Config(
+        path=path, data_dir=data_dir, server=server, log=log, dashboard=dashboard, **sections
+    )
 
 
 def _billing(core: dict[str, Any], section: PluginSection, where: str) -> BillingConfig:

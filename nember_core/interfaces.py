@@ -70,6 +70,14 @@ class KeyStore(Protocol):
     async def revoke_key(self, key_id: str) -> ApiKey:
         """Revoke (idempotently) and return the key; NotFound when there is none."""
 
+    async def create_session(self, account_id: str, lifetime_seconds: float) -> str:
+        """A new dashboard session; returns its token (stored only as a hash)."""
+
+    async def session_account(self, token: str) -> Account | None:
+        """The account of an unexpired session, else ``None``."""
+
+    async def delete_session(self, token: str) -> None: ...
+
     async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
         """Which of these keys are revoked now: how servers notice revocations made elsewhere."""
 
@@ -127,7 +135,7 @@ class ConnectionRegistry(Protocol):
     async def list(self, account_id: str) -> list[Any]: ...
 
     async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
-        """Close a connection wherever it lives; False when there is no such connection."""
+        """Start closing a connection wherever it lives; False when there is no such one."""
 
     async def close(self) -> None: ...
 

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from . import rest
+from .dashboard import routes as dashboard
 from .errors import ConfigError, NemberError
 from .gateway import Gateway
 from .jobs import TrainingJobs
@@ -61,6 +62,8 @@ def create_app(nember: Nember) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.router.add_get(WS_PATH, websocket)
     rest.add_routes(app)
+    if nember.config.dashboard.enabled:
+        dashboard.add_routes(app, nember.config.dashboard.login_attempts_per_minute)
     return app
 
 

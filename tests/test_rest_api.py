@@ -134,7 +134,7 @@ async def test_revoking_a_key_over_the_api_closes_its_sockets_with_4401(api):
         assert [k["live_connections"] for k in keys if k["id"] == new["id"]] == [1]
         assert (await api.call("DELETE", f"/keys/{new['id']}"))[0] == 200
         msg = await ws.receive(timeout=5)
-        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4401
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
 
 
 async def test_revoking_an_unknown_key_is_404(api):
@@ -257,7 +257,7 @@ async def test_connections_listed_and_closed_with_4000(api):
         status, closed = await api.call("DELETE", f"/connections/{conn['id']}")
         assert status == 200 and closed == {"id": conn["id"], "closed": True}
         msg = await ws.receive(timeout=5)
-        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4000
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000
     assert (await api.call("DELETE", f"/connections/{conn['id']}"))[0] == 404
 
 

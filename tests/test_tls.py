@@ -58,3 +58,18 @@ def test_plain_ws_is_not_served_on_a_tls_port(tls_server):
         except (ConnectionResetError, TimeoutError):
             reply = b""
     assert not reply.startswith(b"HTTP/1.1 101")
+
+
+async def test_session_cookie_is_secure_under_tls(tls_server, trained):
+    from tests.harness import PASSWORD
+
+    server, ca = tls_server
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"https://127.0.0.1:{server.port}/auth/login", ssl=context,
+            json={"email": "trader@example.com", "password": PASSWORD},
+        ) as response:
+            assert response.status == 200
+            assert "Secure" in response.headers["Set-Cookie"]

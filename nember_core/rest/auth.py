@@ -1,27 +1,44 @@
-"""Who is calling: the account of the API key in ``Authorization: Bearer <key>``."""
+"""Who is calling: an API key (``Authorization: Bearer <key>``) or a dashboard session."""
 
 from __future__ import annotations
 
+import attrs
 from aiohttp import web
 
 from .. import credentials
-from ..records import ApiKey
+from ..dashboard import sessions
 from .context import API
 from .errors import ApiError
 
 
-async def caller(request: web.Request) -> ApiKey:
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
+@attrs.frozen
+class Caller:
+    account_id: str
+    key_id: str | None = None  # when authenticated by an API key
+    session: str | None = attrs.field(default=None, repr=False)  # when by the dashboard
+
+
+async def caller(request: web.Request) -> Caller:
+    store = request.app[API].services.key_store
+    header = request.headers.get("Authorization")
+    if header is None and sessions.COOKIE in request.cookies:
+        token = request.cookies[sessions.COOKIE]
+        account = await store.session_account(token)
+        if account is None:
+            raise ApiError(401, "Your session has expired; log in again.")
+        if request.method not in sessions.SAFE_METHODS and not sessions.csrf_ok(request, token):
+            raise ApiError(403, "Missing or wrong CSRF token (header X-CSRF-Token).")
+        return Caller(account_id=account.id, session=token)
+    scheme, _, secret = (header or "").partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise ApiError(401, "Authenticate with the header 'Authorization: Bearer <API key>'.")
     key = None
     if len(secret) <= credentials.MAX_KEY_LENGTH:
-        key = await request.app[API].services.key_store.authenticate(secret)
+        key = await store.authenticate(secret)
     if key is None:
         raise ApiError(401, "Invalid API key.")
-    return key
+    return Caller(account_id=key.account_id, key_id=key.id)
 
 
 async def read_json(request: web.Request) -> dict:

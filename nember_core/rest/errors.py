@@ -27,7 +27,7 @@ def error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    if not request.path.startswith("/api/"):
+    if not request.path.startswith(("/api/", "/auth/")):
         return await handler(request)
     try:
         return await handler(request)

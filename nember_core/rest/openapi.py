@@ -124,6 +124,12 @@ PATHS = {
     "/api/jobs/{id}": {"get": {
         "summary": "A training job's state and progress", "parameters": ID_PARAM,
         "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}}},
+    "/api/families": {"get": {
+        "summary": "The installed model families",
+        "responses": {"200": _json({"type": "object", "properties": {"items": {
+            "type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "library_version": {"type": "string"}}}}}},
+            "Families"), **_errors()}}},
     "/api/connections": {"get": {
         "summary": "The account's live websocket connections",
         "responses": {"200": _json(_list_of("Connection"), "Connections"), **_errors()}}},
@@ -143,10 +149,15 @@ DOCUMENT = {
     "info": {"title": "Nember REST API", "version": __version__,
              "description": "Accounts' API keys, models, training jobs, live connections and "
                             "usage. Times are ISO 8601 in UTC with microseconds."},
-    "security": [{"bearer": []}],
+    "security": [{"bearer": []}, {"session": []}],
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "An API key of the account"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An API key of the account"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "nember_session",
+                        "description": "The dashboard's session; changes also need the "
+                                       "X-CSRF-Token header"},
+        },
         "schemas": SCHEMAS,
     },
     "paths": PATHS,

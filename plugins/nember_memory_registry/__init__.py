@@ -6,6 +6,7 @@ each other's connections.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 from nember_core import hookimpl
@@ -16,6 +17,7 @@ class MemoryConnectionRegistry:
     def __init__(self) -> None:
         self._by_id: dict[str, object] = {}
         self._by_account: dict[str, dict[str, object]] = defaultdict(dict)
+        self._closing: set[asyncio.Task] = set()
 
     async def add(self, conn, limit: int) -> bool:
         live = self._by_account[conn.account_id]
@@ -40,7 +42,10 @@ class MemoryConnectionRegistry:
         conn = self._by_id.get(connection_id)
         if conn is None:
             return False
-        await conn.close(code, reason)
+        # Start the close handshake and return: a slow peer must not hold up the caller.
+        task = asyncio.create_task(conn.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
         return True
 
     async def close(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
@@ -32,6 +33,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
 """
 
 _KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at"
@@ -154,6 +161,37 @@ class SqliteKeyStore:
         if key is None:
             raise NotFound(f"no API key with id {key_id}")
         return key
+
+    async def create_session(self, account_id: str, lifetime_seconds: float) -> str:
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        await self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
+        await self._db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+            (
+                credentials.key_hash(token),
+                account_id,
+                now.isoformat(),
+                (now + timedelta(seconds=lifetime_seconds)).isoformat(),
+            ),
+        )
+        await self._db.commit()
+        return token
+
+    async def session_account(self, token: str) -> Account | None:
+        async with self._db.execute(
+            "SELECT a.id, a.email, a.created_at FROM sessions s JOIN accounts a "
+            "ON a.id = s.account_id WHERE s.token_hash = ? AND s.expires_at > ?",
+            (credentials.key_hash(token), utcnow().isoformat()),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else Account(row[0], row[1], _time(row[2]))
+
+    async def delete_session(self, token: str) -> None:
+        await self._db.execute(
+            "DELETE FROM sessions WHERE token_hash = ?", (credentials.key_hash(token),)
+        )
+        await self._db.commit()
 
     async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
         ids = list(set(key_ids))

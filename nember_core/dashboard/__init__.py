@@ -1,0 +1,1 @@
+"""The web dashboard: a static single page over the REST API, and its login sessions."""
