@@ -98,6 +98,7 @@ async def prepare(nember: Nember, services: Services) -> dict[str, str]:
 
 def banner(credentials: dict[str, str], url: str) -> str:
     key = credentials["key"]
+    site = url.replace("ws", "http", 1).removesuffix("ws")
     request = json.dumps({
         "strat_name": STRAT, "model_name": "DecisionTree", "model_type": "class",
         "DataPoints": [{"point1": 3, "point2": 2}, {"point1": 1, "point2": 3}],
@@ -108,6 +109,8 @@ def banner(credentials: dict[str, str], url: str) -> str:
         f"  account: {credentials['email']} (password: {credentials['password']})",
         f"  API key: {key}",
         f"  models:  strategy {STRAT!r}, every installed family, class and reg, window 2",
+        "",
+        f"Dashboard: {site}  (log in with the account above)",
         "",
         "Try it (in another terminal, from the project folder):",
         f"  .venv/bin/python examples/client.py --url {url} --key {key}",

@@ -34,6 +34,7 @@ def test_demo_serves_and_the_example_client_prints_predictions(tmp_path):
         key = banner_key(demo)
         output = demo.output()
         assert f"Nember demo is serving {demo.url}" in output
+        assert f"Dashboard: http://127.0.0.1:{demo.port}/ " in output
         assert f"examples/client.py --url {demo.url} --key {key}" in output
         client = subprocess.Popen(
             [sys.executable, str(ROOT / "examples/client.py"), "--url", demo.url, "--key", key],

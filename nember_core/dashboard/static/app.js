@@ -2,7 +2,9 @@
 // No build step, no dependencies; every value from the server is escaped before display.
 
 const main = document.getElementById("main");
-const state = { csrf: null, email: null, allowSignup: false, timers: [] };
+const state = { csrf: null, email: null, allowSignup: false, timers: [], nav: 0 };
+// A view fetches, then draws; if the user moved on meanwhile, it must not draw over the new one.
+const stale = (nav) => nav !== state.nav;
 
 // ---- helpers -------------------------------------------------------------------------
 const escapeHtml = (value) => String(value ?? "").replace(/[&<>"']/g, (c) => ({
@@ -111,7 +113,9 @@ document.getElementById("logout").onclick = async () => {
 
 // ---- API keys ------------------------------------------------------------------------
 async function showKeys() {
+  const nav = state.nav;
   const [keys, usage] = await Promise.all([api("GET", "/api/keys"), api("GET", "/api/usage")]);
+  if (stale(nav)) return;
   const lastUsed = {};
   for (const row of usage.items) {
     if (!lastUsed[row.key_id] || row.opened_at > lastUsed[row.key_id]) lastUsed[row.key_id] = row.opened_at;
@@ -192,7 +196,9 @@ function parseCsv(text, maxRows) {
 }
 
 async function showModels() {
+  const nav = state.nav;
   const [models, families] = await Promise.all([api("GET", "/api/models"), api("GET", "/api/families")]);
+  if (stale(nav)) return;
   const byStrat = {};
   for (const m of models.items) (byStrat[m.strat] ||= []).push(m);
   main.innerHTML = html`
@@ -309,6 +315,7 @@ async function showModels() {
 
 // ---- connections ---------------------------------------------------------------------
 async function showConnections() {
+  const nav = state.nav;
   main.innerHTML = html`
     <h1>Connections</h1>
     <p class="lead">Your bots' live websockets, updated every two seconds. Closing one sends close code 4000.</p>
@@ -317,7 +324,7 @@ async function showConnections() {
   const draw = async () => {
     const [live, usage] = await Promise.all([api("GET", "/api/connections"), api("GET", "/api/usage")]);
     const liveBox = document.getElementById("live");
-    if (!liveBox) return;
+    if (stale(nav) || !liveBox) return;
     liveBox.innerHTML = live.items.length ? html`
       <div class="table-wrap"><table>
         <thead><tr><th>Remote</th><th>Key</th><th>Connected since</th><th class="num">Predictions</th><th class="num">Errors</th><th>Last request</th><th>Node</th><th></th></tr></thead>
@@ -350,18 +357,22 @@ async function showConnections() {
 function barChart(days, key, cls) {
   const width = 640, height = 160, pad = 24;
   const max = Math.max(1, ...days.map((d) => d[key]));
-  const slot = (width - pad) / Math.max(days.length, 1);
+  const slot = Math.min(64, (width - pad) / Math.max(days.length, 1));
+  const barWidth = Math.max(2, Math.min(40, slot - 6));
   const bars = days.map((d, i) => {
     const h = ((height - pad) * d[key]) / max;
-    return `<rect class="${cls}" x="${pad + i * slot + 2}" y="${height - pad - h}" width="${Math.max(2, slot - 4)}" height="${h}"><title>${escapeHtml(d.day)}: ${d[key]}</title></rect>
+    return `<rect class="${cls}" x="${pad + i * slot + (slot - barWidth) / 2}" y="${height - pad - h}" width="${barWidth}" height="${h}"><title>${escapeHtml(d.day)}: ${d[key]}</title></rect>
       <text x="${pad + i * slot + slot / 2}" y="${height - 8}" text-anchor="middle">${escapeHtml(d.day.slice(5))}</text>`;
   }).join("");
   return `<svg viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeHtml(key)} per day">
+    <line x1="${pad}" y1="${height - pad}" x2="${width}" y2="${height - pad}" stroke="#cdd4e0"/>
     <text x="0" y="12">${num(max)}</text>${bars}</svg>`;
 }
 
 async function showUsage() {
+  const nav = state.nav;
   const usage = await api("GET", "/api/usage");
+  if (stale(nav)) return;
   const t = usage.totals;
   main.innerHTML = html`
     <div class="row"><div><h1>Usage</h1><p class="lead">Each accepted connection is charged once, when it is accepted.</p></div>
@@ -391,6 +402,7 @@ const VIEWS = { "#/keys": showKeys, "#/models": showModels, "#/connections": sho
 
 async function route() {
   clearTimers();
+  state.nav += 1;
   if (!state.csrf) return;
   const view = VIEWS[location.hash] ? location.hash : "#/keys";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === view));
