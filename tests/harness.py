@@ -26,11 +26,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(folder: Path, server: dict | None = None, **sections) -> Path:
-    """A config in ``folder`` with a fresh port; ``server`` and sections override defaults."""
+def write_config(
+    folder: Path, server: dict | None = None, data_dir: Path | None = None, **sections
+) -> Path:
+    """A config in ``folder`` with a fresh port; ``server`` and sections override defaults.
+
+    ``data_dir`` lets a second server share another's accounts, keys and models.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     config = {
-        "data_dir": "data",
+        "data_dir": str(data_dir) if data_dir else "data",
         "server": {"host": "127.0.0.1", "port": free_port(), **(server or {})},
         "log": {"level": "info", "format": "json"},
         **sections,
@@ -147,6 +152,10 @@ class Workspace:
             "--model", family, "--type", model_type, "--data", str(self.data),
             "--target", target, "--window", "2", "--features", "point1,point2", *extra,
         )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
 
     def new_key(self, name: str = "extra") -> str:
         out = run_cli(self.config, "keys", "create", "--account", "trader@example.com",

@@ -28,9 +28,8 @@ def ledger(workspace):
 
 
 def own_server(workspace, tmp_path, **server) -> Server:
-    config = write_config(tmp_path, server=server, billing={"price": "0.25", "currency": "EUR"})
-    text = config.read_text().replace("data_dir: data", f"data_dir: {workspace.folder / 'data'}")
-    config.write_text(text)
+    config = write_config(tmp_path, server=server, data_dir=workspace.data_dir,
+                          billing={"price": "0.25", "currency": "EUR"})
     return Server(config)
 
 

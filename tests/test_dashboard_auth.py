@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-import yaml
 from yarl import URL
 
 from tests.harness import PASSWORD, Server, write_config
@@ -13,11 +12,8 @@ from tests.harness import PASSWORD, Server, write_config
 @pytest.fixture(scope="module")
 def site(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("site")
-    config = write_config(folder, dashboard={"allow_signup": True,
-                                             "login_attempts_per_minute": 3})
-    settings = yaml.safe_load(config.read_text())
-    settings["data_dir"] = str(trained.folder / "data")
-    config.write_text(yaml.safe_dump(settings))
+    config = write_config(folder, data_dir=trained.data_dir,
+                          dashboard={"allow_signup": True, "login_attempts_per_minute": 3})
     server = Server(config)
     yield f"http://127.0.0.1:{server.port}"
     server.kill()

@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.harness import PASSWORD, Server, write_config
 
@@ -43,10 +42,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
 @pytest.fixture(scope="module")
 def site(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
-    config = write_config(folder)
-    settings = yaml.safe_load(config.read_text())
-    settings["data_dir"] = str(trained.folder / "data")
-    config.write_text(yaml.safe_dump(settings))
+    config = write_config(folder, data_dir=trained.data_dir)
     server = Server(config)
     yield server
     server.kill()

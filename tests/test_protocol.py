@@ -190,10 +190,9 @@ async def test_seed_request_example_works_as_written(server, trained):
 
 
 async def test_connection_limit_per_account(trained, tmp_path):
-    config = write_config(tmp_path, server={"max_connections_per_account": 2})
-    # Same data folder as the workspace, so the key exists; a server of its own with a low limit.
-    text = config.read_text().replace("data_dir: data", f"data_dir: {trained.folder / 'data'}")
-    config.write_text(text)
+    # The workspace's data (so the key exists) on a server of its own with a low limit.
+    config = write_config(tmp_path, server={"max_connections_per_account": 2},
+                          data_dir=trained.data_dir)
     server = Server(config)
     try:
         async with aiohttp.ClientSession() as session:
@@ -228,9 +227,8 @@ async def test_no_key_within_the_auth_timeout_closes_with_1008(trained, tmp_path
 
 
 async def test_rate_limit_answers_an_error_and_keeps_the_connection(trained, tmp_path):
-    config = write_config(tmp_path, server={"rate_limit": {"per_second": 2, "burst": 3}})
-    text = config.read_text().replace("data_dir: data", f"data_dir: {trained.folder / 'data'}")
-    config.write_text(text)
+    config = write_config(tmp_path, server={"rate_limit": {"per_second": 2, "burst": 3}},
+                          data_dir=trained.data_dir)
     server = Server(config)
     try:
         async with aiohttp.ClientSession() as session:
@@ -252,9 +250,7 @@ async def test_rate_limit_answers_an_error_and_keeps_the_connection(trained, tmp
 
 
 async def test_a_peer_that_ignores_pings_is_dropped(trained, tmp_path):
-    config = write_config(tmp_path, server={"heartbeat": 0.5})
-    text = config.read_text().replace("data_dir: data", f"data_dir: {trained.folder / 'data'}")
-    config.write_text(text)
+    config = write_config(tmp_path, server={"heartbeat": 0.5}, data_dir=trained.data_dir)
     server = Server(config)
     try:
         async with aiohttp.ClientSession() as session:

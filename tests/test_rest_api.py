@@ -215,9 +215,8 @@ async def test_a_bad_csv_is_422_and_json_is_400(api):
 async def test_an_upload_over_the_limit_is_413(api, tmp_path):
     from tests.harness import write_config
 
-    config = write_config(tmp_path, server={"max_upload_size": 2048})
-    config.write_text(config.read_text().replace(
-        "data_dir: data", f"data_dir: {api.workspace.folder / 'data'}"))
+    config = write_config(tmp_path, server={"max_upload_size": 2048},
+                          data_dir=api.workspace.data_dir)
     small = Server(config)
     try:
         async with aiohttp.ClientSession() as session:
@@ -343,3 +342,13 @@ async def test_openapi_document_matches_the_real_routes(api):
         for op in ops.values():
             assert op["summary"]
             assert {"200", "201", "202"} & set(op["responses"])
+
+
+async def test_families_lists_every_installed_family(api):
+    status, families = await api.call("GET", "/families")
+    assert status == 200
+    names = [f["name"] for f in families["items"]]
+    assert names == sorted(names)
+    assert {"DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
+            "XGBoost", "LightGBM"} <= set(names)
+    assert all(f["library_version"] for f in families["items"])

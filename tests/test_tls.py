@@ -7,7 +7,6 @@ import ssl
 import aiohttp
 import pytest
 import trustme
-import yaml
 
 from tests.harness import Server, write_config
 from tests.helpers import ask, authed, request
@@ -19,10 +18,8 @@ def tls_server(trained, tmp_path):
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    config = write_config(tmp_path, server={"tls": {"cert": "server.pem", "key": "server.key"}})
-    settings = yaml.safe_load(config.read_text())
-    settings["data_dir"] = str(trained.folder / "data")
-    config.write_text(yaml.safe_dump(settings))
+    config = write_config(tmp_path, server={"tls": {"cert": "server.pem", "key": "server.key"}},
+                          data_dir=trained.data_dir)
     server = Server(config)
     yield server, ca
     server.kill()

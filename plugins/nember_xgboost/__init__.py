@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from typing import Any
 
 import attrs
@@ -19,7 +20,7 @@ DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
 @attrs.frozen
 class XGBoostFamily:
     name: str = "XGBoost"
-    library_version: str = attrs.field(factory=lambda: f"xgboost {version('xgboost')}")
+    library_version: str = attrs.field(factory=lambda: f"xgboost {_version()}")
     file_suffix: str = ".ubj"
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):
@@ -51,10 +52,18 @@ class XGBoostFamily:
         return decode_output(model.inplace_predict(X), model_type)
 
 
+def _version() -> str:
+    """The installed distribution's version: xgboost-cpu (the extra) or xgboost (GPU build)."""
+    for distribution in ("xgboost-cpu", "xgboost"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 @hookimpl
 def nember_model_families():
-    try:
-        version("xgboost")
-    except PackageNotFoundError:  # the optional extra is not installed
+    if find_spec("xgboost") is None:  # the optional extra is not installed
         return []
     return [XGBoostFamily()]
