@@ -1,0 +1,297 @@
+"""Nember's benchmark: every family against the floor of this machine, in one run.
+
+    .venv/bin/python benchmarks/run.py [--families DecisionTree,XGBoost] [--seconds 2]
+                                       [--idle 1000,10000] [--json benchmarks/results/latest.json]
+
+It trains each family (class and reg, window 2, the demo's price series) in a throw-away data
+folder, starts `nember serve` and a bare aiohttp echo server (the floor: same stack, no work),
+and drives both from a load generator in its own process:
+
+- one connection, sequential round trips: p50, p90, p99, p99.9, max (after a warm-up);
+- 16, 64 and 256 connections: predictions per second and p50/p99;
+- each family's raw in-process predict cost, and the whole per-frame cost in-process;
+- server memory (RSS) with 0, 1,000 and 10,000 idle authenticated connections.
+
+It prints tables and the target ratios (Nember ÷ floor), and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+HERE = Path(__file__).resolve().parent
+NEMBER = str(Path(sys.executable).with_name("nember"))
+FAMILIES = ["DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
+            "XGBoost", "LightGBM"]
+LEVELS = (16, 64, 256)
+POINTS = [{"point1": 3.1, "point2": -2.0}, {"point1": 1.2, "point2": 0.4}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"a server exited early (port {port})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on port {port}")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def loadgen(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "loadgen.py"), *args], capture_output=True, text=True,
+        timeout=600,
+    )
+    if out.returncode:
+        sys.exit(f"load generator failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def frame(family: str, model_type: str) -> str:
+    return orjson.dumps({"strat_name": "bench", "model_name": family, "model_type": model_type,
+                         "DataPoints": POINTS}).decode()
+
+
+# --- set-up and in-process costs ---------------------------------------------------------
+
+async def prepare(config: Path, folder: Path, families: list[str]) -> tuple[str, dict]:
+    """Account, key and models; and each model's raw and whole-frame cost in-process."""
+    from nember_core import commands
+    from nember_core.demo import write_prices
+    from nember_core.logs import configure
+    from nember_core.model_cache import ModelCache
+    from nember_core.records import ModelKey
+    from nember_core.services import Nember
+    from nember_core.session import PredictionSession, RateLimiter
+
+    nember = Nember.load(str(config))
+    configure("warning")
+    services = await nember.open()
+    try:
+        prices = folder / "prices.csv"
+        write_prices(prices)
+        account = await commands.create_account(services, "bench@example.com", "benchmark-pw")
+        key = (await commands.create_key(services, account.email, "bench")).secret
+        costs = {}
+        cache = ModelCache(services.model_store, nember.families)
+        for family in families:
+            for model_type, target in (("class", "direction"), ("reg", "next_return")):
+                print(f"  training {family} {model_type}", file=sys.stderr, flush=True)
+                await commands.train_model(nember, services, account.email, "bench", family,
+                                           model_type, prices, target, window=2,
+                                           features=["point1", "point2"])
+                model_key = ModelKey(account.id, "bench", family, model_type)
+                await cache.load(model_key)
+                model = cache.get(model_key)
+                row = model.extractor.row(POINTS)
+                raw = model._predict_row  # the family's predictor, as the hot path calls it
+                conn = _Conn(account.id)
+                session = PredictionSession(conn, key, cache, RateLimiter(1e12, 10**12))
+                text = frame(family, model_type)
+                session.answer(text, True)
+                costs[f"{family}/{model_type}"] = {
+                    "predict_us": _time_per_call(lambda: raw(row)),
+                    "frame_us": _time_per_call(lambda: session.answer(text, True)),
+                }
+        return key, costs
+    finally:
+        await services.close()
+
+
+class _Conn:
+    """Just the counters a PredictionSession keeps, for the in-process measurement."""
+
+    def __init__(self, account_id: str):
+        self.id, self.account_id = "bench", account_id
+        self.predictions = self.errors = 0
+        self.last_request_at = None
+
+
+def _time_per_call(call, calls: int = 2000, rounds: int = 5) -> float:
+    best = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        for _ in range(calls):
+            call()
+        best.append((time.perf_counter_ns() - started) / calls / 1000)
+    return float(np.median(best))
+
+
+# --- the run -----------------------------------------------------------------------------
+
+def measure(url: str, key: str, text: str, seconds: float, label: str) -> dict:
+    print(f"  measuring {label}", file=sys.stderr, flush=True)
+    result = {"sequential": loadgen("latency", url, key, text, "--requests", "5000",
+                                    "--warmup", "1000")}
+    for level in LEVELS:
+        result[str(level)] = loadgen("throughput", url, key, text, "--connections", str(level),
+                                     "--seconds", str(seconds))
+    return result
+
+
+def idle_memory(url: str, key: str, pid: int, counts: list[int]) -> dict:
+    memory = {"0": rss_mib(pid)}
+    for count in counts:
+        print(f"  holding {count} idle connections", file=sys.stderr, flush=True)
+        holder = subprocess.Popen(
+            [sys.executable, str(HERE / "loadgen.py"), "idle", url, key,
+             "--connections", str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        ready = json.loads(holder.stdout.readline())
+        time.sleep(1.0)  # let the server settle
+        memory[str(count)] = rss_mib(pid)
+        memory[f"{count}_opened"] = ready["ready"]
+        holder.stdin.close()
+        holder.wait(120)
+        time.sleep(1.0)
+    return memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput level")
+    parser.add_argument("--idle", default="1000,10000", help="idle connection counts ('' skips)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    args = parser.parse_args()
+    families = [f for f in args.families.split(",") if f]
+    started = time.monotonic()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        port, echo_port = free_port(), free_port()
+        config = folder / "nember.yaml"
+        config.write_text(
+            "data_dir: data\nlog: {level: warning}\ndashboard: {enabled: false}\n"
+            f"server:\n  port: {port}\n  max_connections_per_account: 20000\n"
+            # a benchmark's tight loop would hit the per-connection rate limit: lift it
+            "  rate_limit: {per_second: 100000000, burst: 100000000}\n"
+        )
+        print("preparing (training every family)...", file=sys.stderr, flush=True)
+        key, costs = asyncio.run(prepare(config, folder, families))
+
+        echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port)])
+        server = subprocess.Popen([NEMBER, "--config", str(config), "serve"])
+        try:
+            wait_listening(echo_port, echo)
+            wait_listening(port, server)
+            echo_url, url = f"ws://127.0.0.1:{echo_port}/ws", f"ws://127.0.0.1:{port}/ws"
+            results = {"floor": measure(echo_url, key, frame("DecisionTree", "class"),
+                                        args.seconds, "echo floor")}
+            for family in families:
+                for model_type in ("class", "reg"):
+                    results[f"{family}/{model_type}"] = measure(
+                        url, key, frame(family, model_type), args.seconds,
+                        f"{family} {model_type}")
+            counts = [int(c) for c in args.idle.split(",") if c]
+            memory = idle_memory(url, key, server.pid, counts) if counts else {}
+            memory_echo = {"0": rss_mib(echo.pid)}
+        finally:
+            for process in (server, echo):
+                process.terminate()
+                process.wait(30)
+
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "seconds_per_level": args.seconds, "results": results, "in_process": costs,
+        "memory_mib": memory, "echo_memory_mib": memory_echo,
+        "took_seconds": round(time.monotonic() - started, 1),
+    }
+    report["ratios"] = ratios(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(render(report))
+    print(f"\n(written to {args.json}; the whole run took {report['took_seconds']} s)")
+
+
+def ratios(report: dict) -> dict:
+    floor = report["results"]["floor"]
+    out = {}
+    for name, result in report["results"].items():
+        if name == "floor":
+            continue
+        predict = report["in_process"][name]["predict_us"]
+        seq = result["sequential"]
+        out[name] = {
+            "p50_vs_floor_plus_predict": seq["p50"] / (floor["sequential"]["p50"] + predict),
+            "p99_vs_floor": seq["p99"] / floor["sequential"]["p99"],
+            "throughput_64_vs_floor": result["64"]["per_second"] / floor["64"]["per_second"],
+        }
+    memory = report["memory_mib"]
+    if "10000" in memory:
+        out["rss_growth_10000_idle_mib"] = memory["10000"] - memory["0"]
+    return out
+
+
+def render(report: dict) -> str:
+    results, costs, ratio = report["results"], report["in_process"], report["ratios"]
+    lines = ["", "One connection, sequential round trips (µs); throughput in predictions/s",
+             f"{'':22}{'p50':>7}{'p90':>7}{'p99':>7}{'p99.9':>8}{'max':>8}"
+             + "".join(f"{f'{n} conn/s':>13}{'p50':>7}{'p99':>7}" for n in LEVELS)]
+    for name, result in results.items():
+        seq = result["sequential"]
+        row = (f"{name:<22}{seq['p50']:>7.0f}{seq['p90']:>7.0f}{seq['p99']:>7.0f}"
+               f"{seq['p999']:>8.0f}{seq['max']:>8.0f}")
+        for level in LEVELS:
+            r = result[str(level)]
+            row += f"{r['per_second']:>13,.0f}{r['p50']:>7.0f}{r['p99']:>7.0f}"
+        lines.append(row)
+    lines += ["", "Targets: p50 <= 1.5 x (floor p50 + predict); p99 <= 2 x floor p99; "
+              "64-connection throughput >= 0.5 x floor",
+              f"{'':22}{'predict µs':>11}{'frame µs':>10}{'p50 ratio':>11}{'p99 ratio':>11}"
+              f"{'64-conn ratio':>15}"]
+    for name, cost in costs.items():
+        r = ratio[name]
+        marks = [r["p50_vs_floor_plus_predict"] <= 1.5, r["p99_vs_floor"] <= 2.0,
+                 r["throughput_64_vs_floor"] >= 0.5]
+        lines.append(
+            f"{name:<22}{cost['predict_us']:>11.2f}{cost['frame_us']:>10.2f}"
+            f"{r['p50_vs_floor_plus_predict']:>10.2f}{'✓' if marks[0] else '✗'}"
+            f"{r['p99_vs_floor']:>10.2f}{'✓' if marks[1] else '✗'}"
+            f"{r['throughput_64_vs_floor']:>14.2f}{'✓' if marks[2] else '✗'}")
+    memory = report["memory_mib"]
+    if memory:
+        counts = [k for k in memory if k.isdigit()]
+        lines += ["", "Server memory (RSS, MiB) with idle authenticated connections: "
+                  + ", ".join(f"{int(k):,}: {memory[k]:.0f}" for k in counts)]
+        if "rss_growth_10000_idle_mib" in ratio:
+            growth = ratio["rss_growth_10000_idle_mib"]
+            lines.append(f"growth for 10,000: {growth:.0f} MiB "
+                         f"({growth * 1024 / 10000:.1f} KiB each; target < 1 GiB "
+                         f"{'✓' if growth < 1024 else '✗'})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
