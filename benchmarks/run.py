@@ -119,8 +119,10 @@ async def prepare(config: Path, folder: Path, families: list[str]) -> tuple[str,
                 text = frame(family, model_type)
                 session.answer(text, True)
                 costs[f"{family}/{model_type}"] = {
-                    "predict_us": _time_per_call(lambda: raw(row)),
-                    "frame_us": _time_per_call(lambda: session.answer(text, True)),
+                    "predict_us": _time_per_call(lambda raw=raw, row=row: raw(row)),
+                    "frame_us": _time_per_call(
+                        lambda session=session, text=text: session.answer(text, True)
+                    ),
                 }
         return key, costs
     finally:

@@ -99,7 +99,8 @@ async def test_socket_prediction_equals_in_process_estimator(
             if model_type == "class":
                 assert answer["prediction"] == classes[int(expected)]
             else:
-                assert answer["prediction"] == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+                # Float tolerance: the fast predictors sum the trees in another order.
+                assert answer["prediction"] == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
         await ws.close()
 
 

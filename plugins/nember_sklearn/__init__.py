@@ -14,6 +14,7 @@ import numpy as np
 
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
+from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 # family name -> (classifier, regressor, default hyperparameters)
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -105,6 +106,8 @@ def fast_predictor(model):
     from sklearn.ensemble import (
         ExtraTreesClassifier,
         ExtraTreesRegressor,
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
         RandomForestClassifier,
         RandomForestRegressor,
     )
@@ -125,7 +128,13 @@ def fast_predictor(model):
     elif isinstance(model, LinearRegression) and np.ndim(model.coef_) == 1:
         coef, intercept = model.coef_, float(model.intercept_)
         return lambda row: float(row[0] @ coef) + intercept
-    else:  # multinomial logistic regression, histogram gradient boosting: the library's path
+    elif isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor)):
+        fast = _hist_gradient_boosting(model)
+        if fast is not None:
+            return fast
+        predict = model.predict
+        return lambda row: predict(row)[0]
+    else:  # multinomial logistic regression: the library's path
         predict = model.predict
         return lambda row: predict(row)[0]
 
@@ -135,26 +144,48 @@ def fast_predictor(model):
             classes = model.classes_
             return lambda row: classes[predict_tree(row.astype(float32))[0].argmax()]
         return lambda row: predict_tree(row.astype(float32))[0, 0]
-    predicts = [tree.predict for tree in trees]
+    # A forest: every tree at once (see nember_core.tree_ensemble), ~10x a loop over trees.
+    ensemble = TreeEnsemble(
+        [Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, :])
+         for t in trees],
+        less_equal=True, dtype=float32,
+    )
     if is_classifier(model):
-        classes, n_classes = model.classes_, model.n_classes_
+        classes = model.classes_
+        return lambda row: classes[ensemble(row[0]).argmax()]
+    count = len(trees)
+    return lambda row: ensemble(row[0])[0] / count
 
-        def predict_forest_class(row):
-            x = row.astype(float32)
-            total = np.zeros(n_classes)
-            for predict in predicts:
-                total += predict(x)[0, :n_classes]
-            return classes[total.argmax()]
 
-        return predict_forest_class
+def _hist_gradient_boosting(model):
+    """HistGradientBoosting's trees as a TreeEnsemble: ~25 µs a row instead of ~800 µs for
+    ``predict`` (which starts its thread pool on every call). ``None`` for categorical splits.
+    """
+    from sklearn.base import is_classifier
 
-    count = len(predicts)
-
-    def predict_forest_value(row):
-        x = row.astype(float32)
-        return sum(predict(x)[0, 0] for predict in predicts) / count
-
-    return predict_forest_value
+    outputs = len(model._predictors[0])  # trees per iteration: 1, or one per class
+    trees = []
+    for iteration in model._predictors:
+        for output, predictor in enumerate(iteration):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                return None
+            leaf = nodes["is_leaf"].astype(bool)
+            value = np.zeros((len(nodes), outputs))
+            value[:, output] = np.where(leaf, nodes["value"], 0.0)
+            trees.append(Tree(np.where(leaf, -1, nodes["left"].astype(np.int64)),
+                              nodes["right"].astype(np.int64), nodes["feature_idx"],
+                              nodes["num_threshold"], value))
+    ensemble = TreeEnsemble(trees, less_equal=True, dtype=np.float64)
+    # The baseline (the link of the prior), measured against the library on one row.
+    probe = np.zeros((1, model.n_features_in_))
+    base = model._raw_predict(probe)[0] - ensemble(probe[0])
+    if not is_classifier(model):
+        return lambda row: float(ensemble(row[0])[0] + base[0])
+    classes = model.classes_
+    if outputs == 1:  # binary: the positive class when its probability is over one half
+        return lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)]
+    return lambda row: classes[int((ensemble(row[0]) + base).argmax())]
 
 
 @hookimpl

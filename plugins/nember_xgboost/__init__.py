@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
 from nember_core.family_tools import decode_output
+from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
 
@@ -43,13 +45,61 @@ class XGBoostFamily:
         return booster
 
     def predictor(self, model, model_type: str):
-        inplace = model.inplace_predict
+        fast = fast_predictor(model, model_type)
+        if fast is not None:
+            return fast
+        inplace = model.inplace_predict  # objectives the fast path doesn't know
         if model_type == "reg":
             return lambda row: inplace(row)[0]
         return lambda row: decode_output(inplace(row), model_type)[0]
 
     def predict(self, model, model_type: str, X: np.ndarray):
         return decode_output(model.inplace_predict(X), model_type)
+
+
+IDENTITY = {"reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror"}
+CLASSES = {"binary:logistic", "multi:softprob", "multi:softmax"}
+
+
+def fast_predictor(booster, model_type: str):
+    """The booster's trees as a TreeEnsemble (~10 µs a row instead of ~170 µs for
+    ``inplace_predict``), or ``None`` for what it doesn't cover (dart, linear, categorical
+    splits, other objectives). Checked against ``inplace_predict`` by the tests.
+    """
+    learner = json.loads(bytes(booster.save_raw(raw_format="json")))["learner"]
+    booster_kind = learner["gradient_booster"]
+    objective = learner["objective"]["name"]
+    if booster_kind.get("name") != "gbtree" or objective not in (IDENTITY | CLASSES):
+        return None
+    forest = booster_kind["model"]
+    outputs = max(1, int(learner["learner_model_param"]["num_class"]))
+    trees = []
+    for tree, group in zip(forest["trees"], forest["tree_info"], strict=True):
+        if any(tree["split_type"]) or tree["categories_nodes"]:
+            return None
+        left = np.asarray(tree["left_children"], dtype=np.int64)
+        conditions = np.asarray(tree["split_conditions"], dtype=np.float32)
+        value = np.zeros((len(left), outputs))
+        value[:, group] = np.where(left < 0, conditions, 0.0)  # a leaf keeps its value there
+        trees.append(Tree(left, np.asarray(tree["right_children"]),
+                          np.asarray(tree["split_indices"]), conditions, value))
+    ensemble = TreeEnsemble(trees, less_equal=False, dtype=np.float32)
+    # The base margin (base_score through the objective's link), measured, not re-derived.
+    probe = np.zeros((1, booster.num_features()), dtype=np.float32)
+    library = np.asarray(booster.inplace_predict(probe, predict_type="margin")).reshape(-1)
+    base = library - ensemble(probe[0])
+
+    if model_type == "reg" or objective in IDENTITY:
+        return lambda row: float(ensemble(row[0])[0] + base[0])
+    if outputs == 1:
+        one, half = np.float32(1), np.float32(0.5)
+
+        def positive(row) -> int:
+            margin = np.float32(ensemble(row[0])[0] + base[0])
+            return int(one / (one + np.exp(-margin)) > half)  # as XGBoost: float32 sigmoid
+
+        return positive
+    return lambda row: int((ensemble(row[0]) + base).argmax())
 
 
 def _version() -> str:

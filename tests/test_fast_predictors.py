@@ -1,0 +1,84 @@
+"""Each family's single-row predictor (the hot path) equals the library's own ``predict``.
+
+Classes exactly; values within float tolerance (trees summed in another order). Over
+thousands of rows, binary and multi-class, shallow and deep, and the fallbacks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nember_core.plugin_manager import plugin_manager
+from nember_core.services import collect_families
+from nember_core.tree_ensemble import Tree, TreeEnsemble
+
+FAMILIES = collect_families(plugin_manager())
+RNG = np.random.default_rng(42)
+X = RNG.normal(size=(1500, 5))
+TARGETS = {
+    "binary": ("class", (X[:, 0] + 0.5 * RNG.normal(size=1500) > 0).astype(np.int64)),
+    "multiclass": ("class", np.digitize(X[:, 0] + X[:, 1], [-1.0, 0.0, 1.0]).astype(np.int64)),
+    "reg": ("reg", 3 * X[:, 0] + X[:, 1] ** 2 + 0.1 * RNG.normal(size=1500)),
+}
+ROWS = RNG.normal(size=(2000, 5)) * 1.5
+ROWS[:50] = np.round(X[:50], 1)  # rows on (rounded) training values too: near thresholds
+
+PARAMS = {
+    "XGBoost": [{}, {"max_depth": 10, "n_estimators": 200},
+                {"objective": "reg:logistic"}],  # the last one: the library fallback
+    "LightGBM": [{}, {"num_leaves": 63}],
+    "GradientBoosting": [{}, {"max_depth": 3}],
+    "RandomForest": [{}, {"max_depth": 4, "n_estimators": 30}],
+    "ExtraTrees": [{}],
+    "DecisionTree": [{}],
+    "Linear": [{}],
+}
+
+
+def cases():
+    for family, settings in PARAMS.items():
+        for params in settings:
+            for target, (model_type, _y) in TARGETS.items():
+                if params.get("objective") == "reg:logistic" and target != "reg":
+                    continue
+                yield pytest.param(family, target, params, id=f"{family}-{target}-{params}")
+
+
+@pytest.mark.parametrize("family_name,target,params", list(cases()))
+def test_predictor_equals_the_library(family_name, target, params):
+    family = FAMILIES[family_name]
+    model_type, y = TARGETS[target]
+    if params.get("objective") == "reg:logistic":
+        y = (y > np.median(y)).astype(np.float64)
+    model = family.loads(family.dumps(family.fit(X, y, model_type, params)), model_type)
+    expected = np.asarray(family.predict(model, model_type, ROWS))
+    predict = family.predictor(model, model_type)
+    got = np.array([predict(ROWS[i : i + 1]) for i in range(len(ROWS))])
+    if model_type == "class":
+        assert (got == expected).all(), f"{(got != expected).sum()} rows differ"
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tree_ensemble_walks_both_comparisons():
+    # x0 <= 0.5 ? (x1 < 2 ? 10 : 20) : 30, as one tree; and a stump adding 1 or 2.
+    tree = Tree(left=np.array([1, 3, -1, -1, -1]), right=np.array([2, 4, -1, -1, -1]),
+                feature=np.array([0, 1, -1, -1, -1]), threshold=np.array([0.5, 2, 0, 0, 0]),
+                value=np.array([[0], [0], [30], [10], [20]], dtype=float))
+    stump = Tree(left=np.array([1, -1, -1]), right=np.array([2, -1, -1]),
+                 feature=np.array([1, -1, -1]), threshold=np.array([2.0, 0, 0]),
+                 value=np.array([[0], [1], [2]], dtype=float))
+    le = TreeEnsemble([tree, stump], less_equal=True)
+    lt = TreeEnsemble([tree, stump], less_equal=False)
+    assert le(np.array([0.5, 2.0]))[0] == 10 + 1  # on a threshold: <= goes left
+    assert lt(np.array([0.5, 2.0]))[0] == 30 + 2  # and < goes right
+    assert le(np.array([0.0, 1.0]))[0] == 10 + 1
+    assert le(np.array([9.0, 9.0]))[0] == 30 + 2
+
+
+def test_a_tree_with_a_cycle_is_refused():
+    loop = Tree(left=np.array([1, 0]), right=np.array([1, 0]), feature=np.array([0, 0]),
+                threshold=np.array([0.0, 0.0]), value=np.zeros((2, 1)))
+    with pytest.raises(ValueError):
+        TreeEnsemble([loop], less_equal=True)
