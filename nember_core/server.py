@@ -82,6 +82,18 @@ def ssl_context(nember: Nember) -> ssl.SSLContext | None:
     return context
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets this process."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not on this platform, or not allowed
+        pass
+
+
 def serve(
     nember: Nember,
     host: str | None = None,
@@ -93,6 +105,7 @@ def serve(
     host = host or server.host
     port = server.port if port is None else port
     context = ssl_context(nember)
+    _raise_open_files_limit()
     scheme = "wss" if context else "ws"
     url = f"{scheme}://{host}:{port}{WS_PATH}"
 

@@ -39,7 +39,7 @@ PARAMS = {
 def cases():
     for family, settings in PARAMS.items():
         for params in settings:
-            for target, (model_type, _y) in TARGETS.items():
+            for target in TARGETS:
                 if params.get("objective") == "reg:logistic" and target != "reg":
                     continue
                 yield pytest.param(family, target, params, id=f"{family}-{target}-{params}")

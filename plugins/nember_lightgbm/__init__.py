@@ -11,6 +11,7 @@ import numpy as np
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
 from nember_core.family_tools import decode_output
+from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1}
 
@@ -40,11 +41,78 @@ class LightGBMFamily:
             raise ModelFileRejected(f"not a LightGBM model: {str(exc).splitlines()[0]}") from None
 
     def predictor(self, model, model_type: str):
-        predict = model.predict
+        fast = fast_predictor(model, model_type)
+        if fast is not None:
+            return fast
+        predict = model.predict  # what the fast path doesn't cover
         return lambda row: decode_output(predict(row, num_threads=1), model_type)[0]
 
     def predict(self, model, model_type: str, X: np.ndarray):
         return decode_output(model.predict(X), model_type)
+
+
+IDENTITY = {"regression", "regression_l1", "huber", "fair", "quantile", "mape"}
+CLASSES = {"binary", "multiclass", "multiclassova"}
+
+
+def fast_predictor(booster, model_type: str):
+    """The booster's trees as a TreeEnsemble (~25 µs a row, and no OpenMP threads spinning
+    on the other core), or ``None`` for what it doesn't cover (categorical splits, zero as
+    missing, averaged output, other objectives). Checked against ``predict`` by the tests.
+    """
+    dump = booster.dump_model()
+    objective, *settings = dump["objective"].split()
+    if objective not in IDENTITY | CLASSES or dump.get("average_output"):
+        return None
+    outputs = int(dump["num_tree_per_iteration"])
+    trees = []
+    for info in dump["tree_info"]:
+        tree = _flatten(info["tree_structure"], outputs, info["tree_index"] % outputs)
+        if tree is None:
+            return None
+        trees.append(tree)
+    ensemble = TreeEnsemble(trees, less_equal=True, dtype=np.float64)
+    probe = np.zeros((1, booster.num_feature()))
+    base = np.asarray(booster.predict(probe, raw_score=True)).reshape(-1) - ensemble(probe[0])
+
+    if model_type == "reg" or objective in IDENTITY:
+        return lambda row: float(ensemble(row[0])[0] + base[0])
+    if outputs == 1:
+        sigmoid = float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
+
+        def positive(row) -> int:  # as LightGBM: the probability, then over one half
+            raw = ensemble(row[0])[0] + base[0]
+            return int(1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5)
+
+        return positive
+    return lambda row: int((ensemble(row[0]) + base).argmax())
+
+
+def _flatten(root: dict, outputs: int, output: int) -> Tree | None:
+    """A dumped tree (nested dicts) as flat arrays, root first; None if a split isn't a
+    plain numeric ``<=`` (categorical, or zero treated as missing)."""
+    left, right, feature, threshold, values = [], [], [], [], []
+    pending = [(root, -1, False)]  # (node, parent index, is the parent's left child)
+    while pending:
+        node, parent, is_left = pending.pop()
+        index = len(left)
+        if parent >= 0:
+            (left if is_left else right)[parent] = index
+        if "leaf_value" in node:
+            left.append(-1), right.append(-1), feature.append(0), threshold.append(0.0)
+            values.append(node["leaf_value"])
+            continue
+        if node["decision_type"] != "<=" or node["missing_type"] == "Zero":
+            return None
+        left.append(-1), right.append(-1)
+        feature.append(node["split_feature"]), threshold.append(node["threshold"])
+        values.append(0.0)
+        pending.append((node["right_child"], index, False))
+        pending.append((node["left_child"], index, True))
+    value = np.zeros((len(left), outputs))
+    value[:, output] = values
+    return Tree(np.asarray(left), np.asarray(right), np.asarray(feature), np.asarray(threshold),
+                value)
 
 
 @hookimpl
