@@ -102,7 +102,8 @@ async def prepare(config: Path, folder: Path, families: list[str]) -> tuple[str,
         account = await commands.create_account(services, "bench@example.com", "benchmark-pw")
         key = (await commands.create_key(services, account.email, "bench")).secret
         costs = {}
-        cache = ModelCache(services.model_store, nember.families)
+        # No batching here: this measures one frame's own cost, start to end.
+        cache = ModelCache(services.model_store, nember.families, batch_above_us=None)
         for family in families:
             for model_type, target in (("class", "direction"), ("reg", "next_return")):
                 print(f"  training {family} {model_type}", file=sys.stderr, flush=True)
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per throughput level")
     parser.add_argument("--idle", default="1000,10000", help="idle connection counts ('' skips)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument("--no-batching", action="store_true", help="serve without micro-batching")
     args = parser.parse_args()
     families = [f for f in args.families.split(",") if f]
     started = time.monotonic()
@@ -198,6 +200,7 @@ def main() -> None:
             f"server:\n  port: {port}\n  max_connections_per_account: 20000\n"
             # a benchmark's tight loop would hit the per-connection rate limit: lift it
             "  rate_limit: {per_second: 100000000, burst: 100000000}\n"
+            f"  micro_batching: {'false' if args.no_batching else 'true'}\n"
         )
         print("preparing (training every family)...", file=sys.stderr, flush=True)
         key, costs = asyncio.run(prepare(config, folder, families))

@@ -47,6 +47,9 @@ class ServerConfig:
     model_refresh_interval: float = 0.5  # how often newly trained versions are looked for
     revocation_check_interval: float = 1.0  # how often revocations made elsewhere are applied
     node: str = ""  # this server's name in the connection registry; default: host name
+    micro_batching: bool = True  # predict costly models' concurrent requests as one batch
+    batch_above_us: float = 20.0  # ...when one prediction costs more than this (µs)
+    max_batch: int = 256
     max_upload_size: int = 64 * 1024 * 1024  # bytes of CSV per training upload (REST API)
     training_workers: int = 1  # processes that train models for the REST API
 
@@ -219,6 +222,8 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("model_refresh_interval", server.model_refresh_interval > 0, "a number of seconds > 0"),
         ("revocation_check_interval", server.revocation_check_interval > 0, "a number > 0"),
         ("max_upload_size", server.max_upload_size >= 1024, "a size in bytes >= 1024"),
+        ("batch_above_us", server.batch_above_us >= 0, "a number of µs >= 0"),
+        ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in checks:

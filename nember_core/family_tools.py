@@ -16,3 +16,9 @@ def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:
     if raw.ndim == 2:
         return raw.argmax(axis=1)
     return (raw > 0.5).astype(np.int64)
+
+
+def with_rows(single, rows):
+    """Attach the many-rows version to a single-row predictor (see ModelFamily.predictor)."""
+    single.rows = rows
+    return single

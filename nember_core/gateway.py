@@ -172,9 +172,8 @@ class Gateway:
             if kind is not _TEXT and kind is not _BINARY:
                 return  # close, error or connection lost
             out = answer(msg.data, kind is _TEXT)
-            if type(out) is not bytes:  # a model to look up first: the one slow path
-                await self.cache.load(out)
-                out = session.retry(msg.data)
+            if type(out) is not bytes:  # a model to look up, or a prediction in a batch
+                out = await session.complete(out, msg.data)
             await send(out, _TEXT)
 
     async def _release(self, ws: web.WebSocketResponse, conn: LiveConnection) -> None:

@@ -164,7 +164,12 @@ class ModelFamily(Protocol):
         """Load what ``dumps`` made; raise ModelFileRejected for anything else."""
 
     def predictor(self, model: Any, model_type: str) -> RowPredictor:
-        """The fastest correct single-row predictor this library allows."""
+        """The fastest correct single-row predictor this library allows.
+
+        It may carry a ``rows`` attribute: the same predictions for many rows at once (an
+        n x features array in, n outputs out), used to answer concurrent requests in one
+        batch; without it, batches go through ``predict``.
+        """
 
     def predict(self, model: Any, model_type: str, X: np.ndarray) -> Sequence[Any]:
         """Batch predictions through the library's own API (evaluation and tests)."""

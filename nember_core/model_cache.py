@@ -8,10 +8,13 @@ generation token changes, so a retrained model is picked up without any I/O per 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import numpy as np
 import structlog
 
+from .batching import Costs, MicroBatcher
 from .features import FeatureExtractor
 from .interfaces import ModelFamily, ModelStore, RowPredictor
 from .records import ModelKey, ModelMeta
@@ -23,27 +26,56 @@ MAX_ABSENT = 10_000  # cap on remembered misses, so bad requests can't grow memo
 
 
 class LoadedModel:
-    __slots__ = ("meta", "version", "extractor", "_predict_row", "_labels")
+    __slots__ = ("meta", "version", "extractor", "batcher", "_predict_row", "_labels")
 
-    def __init__(self, meta: ModelMeta, predict_row: RowPredictor):
+    def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
+                 batcher: MicroBatcher | None = None):
         self.meta = meta
         self.version = meta.version
         self.extractor = FeatureExtractor(meta.features, meta.window)
+        self.batcher = batcher  # set when the model is costly enough to gain from batches
         self._predict_row = predict_row
         self._labels = meta.classes
 
     def predict(self, points: list[Any]) -> Any:
         """The answer's ``prediction``: a class label as in the training data, or a float."""
-        raw = self._predict_row(self.extractor.row(points))
+        return self.label(self._predict_row(self.extractor.row(points)))
+
+    def label(self, raw: Any) -> Any:
         if self._labels is not None:
             return self._labels[int(raw)]
         return float(raw)
 
 
+def _cost_us(predict, rows: np.ndarray) -> float:
+    """The median time of one call, in µs."""
+    for _ in range(3):
+        predict(rows)
+    samples = []
+    for _ in range(15):
+        started = time.perf_counter_ns()
+        predict(rows)
+        samples.append(time.perf_counter_ns() - started)
+    return sorted(samples)[len(samples) // 2] / 1000
+
+
+def measure_costs(predict_row, predict_rows, width: int) -> Costs:
+    """What one row costs, and what batches of 2 and 32 cost, as a line: fixed + per row."""
+    two, many = _cost_us(predict_rows, np.zeros((2, width))), _cost_us(
+        predict_rows, np.zeros((32, width))
+    )
+    per_row = max(0.0, (many - two) / 30)
+    return Costs(single=_cost_us(predict_row, np.zeros((1, width))),
+                 fixed=max(0.0, two - 2 * per_row), per_row=per_row)
+
+
 class ModelCache:
-    def __init__(self, store: ModelStore, families: dict[str, ModelFamily]):
+    def __init__(self, store: ModelStore, families: dict[str, ModelFamily],
+                 batch_above_us: float | None = 20.0, max_batch: int = 256):
         self._store = store
         self._families = families
+        self._batch_above_us = batch_above_us  # None: never batch
+        self._max_batch = max_batch
         self._entries: dict[ModelKey, LoadedModel | None] = {}
         self._loading: dict[ModelKey, asyncio.Future] = {}
         self._generation: str | None = None
@@ -93,16 +125,30 @@ class ModelCache:
 
     async def _load_version(self, family: ModelFamily, meta: ModelMeta) -> LoadedModel:
         data = await self._store.read(meta)
-        model = await asyncio.to_thread(family.loads, data, meta.key.model_type)
-        predictor = family.predictor(model, meta.key.model_type)
+        model_type = meta.key.model_type
+        model = await asyncio.to_thread(family.loads, data, model_type)
+        predictor = family.predictor(model, model_type)
+        batch = getattr(predictor, "rows", None) or (
+            lambda rows: family.predict(model, model_type, rows)
+        )
+        costs = measure_costs(predictor, batch, len(meta.features) * meta.window)
+        batcher = None
+        if (
+            self._batch_above_us is not None
+            and costs.single > self._batch_above_us
+            and costs.batch_wins(32)
+        ):
+            batcher = MicroBatcher(predictor, batch, self._max_batch, costs)
         log.info(
             "model.loaded",
             strat=meta.key.strat,
             family=meta.key.family,
-            model_type=meta.key.model_type,
+            model_type=model_type,
             version=meta.version,
+            predict_us=round(costs.single, 1),
+            batched=batcher is not None,
         )
-        return LoadedModel(meta, predictor)
+        return LoadedModel(meta, predictor, batcher)
 
     async def refresh(self) -> None:
         """Reload every cached key whose newest version changed since the last look."""

@@ -31,7 +31,12 @@ def create_app(nember: Nember) -> web.Application:
     async def lifecycle(app: web.Application):
         services = await nember.open()
         server = nember.config.server
-        cache = ModelCache(services.model_store, nember.families)
+        cache = ModelCache(
+            services.model_store,
+            nember.families,
+            batch_above_us=server.batch_above_us if server.micro_batching else None,
+            max_batch=server.max_batch,
+        )
         gateway = Gateway(nember.config, services, cache)
         jobs = TrainingJobs(services.model_store, server.training_workers)
         app[GATEWAY] = gateway

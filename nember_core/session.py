@@ -45,6 +45,16 @@ class RateLimiter:
         return True
 
 
+class Pending:
+    """A request whose prediction comes with a batch; the rest of its answer is ready."""
+
+    __slots__ = ("key", "model", "future", "seq", "new", "request_id")
+
+    def __init__(self, key: ModelKey, model, future, seq: int, new: bool, request_id: Any):
+        self.key, self.model, self.future = key, model, future
+        self.seq, self.new, self.request_id = seq, new, request_id
+
+
 class PredictionSession:
     __slots__ = ("conn", "api_key", "cache", "limiter", "seq", "seen", "rate_message")
 
@@ -60,8 +70,9 @@ class PredictionSession:
             f"(bursts of {limiter.burst:g}) on one connection; slow down."
         )
 
-    def answer(self, data: str | bytes, is_text: bool) -> bytes | ModelKey:
-        """Answer the next request frame, or return the ModelKey to load before retrying."""
+    def answer(self, data: str | bytes, is_text: bool) -> bytes | ModelKey | Pending:
+        """Answer the next request frame; or return what to wait for first (the ModelKey to
+        load, or a prediction in a batch): then ``complete`` gives the answer."""
         self.seq += 1
         self.conn.last_request_at = time.time()
         if not self.limiter.allow():
@@ -73,11 +84,26 @@ class PredictionSession:
             )
         return self._answer(data, may_load=True)
 
-    def retry(self, data: str | bytes) -> bytes:
-        """Answer the same frame again once its model was looked up."""
-        return self._answer(data, may_load=False)
+    async def complete(self, waiting: ModelKey | Pending, data: str | bytes) -> bytes:
+        """The answer to a frame that ``answer`` could not finish at once."""
+        if type(waiting) is ModelKey:
+            await self.cache.load(waiting)
+            waiting = self._answer(data, may_load=False)  # once: the lookup is now cached
+            if type(waiting) is bytes:
+                return waiting
+        try:
+            raw = await waiting.future
+            prediction = waiting.model.label(raw)
+        except Exception as exc:
+            log.error("predict.failed", connection_id=self.conn.id, error=repr(exc))
+            if waiting.new:  # nothing was predicted: the next success is still the first
+                self.seen.pop(waiting.key, None)
+            return self._error("The model could not make a prediction for this input.",
+                               waiting.request_id, waiting.seq)
+        self.conn.predictions += 1
+        return protocol.success(waiting.seq, waiting.new, prediction, waiting.request_id)
 
-    def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey:
+    def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey | Pending:
         request_id: Any = protocol._NO_ID
         try:
             request = protocol.parse(data)
@@ -91,19 +117,29 @@ class PredictionSession:
                 model = None
             if model is None:
                 return self._error(protocol.NOT_FOUND, request_id)
+            if model.batcher is not None and not model.batcher.first_in_turn():
+                # A costly model, asked again in this turn: predicted with the turn's batch.
+                row = model.extractor.row(request["DataPoints"])
+                return Pending(key, model, model.batcher.submit(row), self.seq,
+                               self._is_new(key, model), request_id)
             prediction = model.predict(request["DataPoints"])
         except RequestError as exc:
             return self._error(str(exc), request_id)
         except Exception as exc:  # a library failure on odd input: answer, never crash
             log.error("predict.failed", connection_id=self.conn.id, error=repr(exc))
             return self._error("The model could not make a prediction for this input.", request_id)
-        new = self.seen.get(key) != model.version
-        if new:
-            self.seen[key] = model.version
         self.conn.predictions += 1
-        return protocol.success(self.seq, new, prediction, request_id)
+        return protocol.success(self.seq, self._is_new(key, model), prediction, request_id)
 
-    def _error(self, message: str, request_id: Any) -> bytes:
+    def _is_new(self, key: ModelKey, model) -> bool:
+        """The first use of this model version on this connection?"""
+        if self.seen.get(key) == model.version:
+            return False
+        self.seen[key] = model.version
+        return True
+
+    def _error(self, message: str, request_id: Any, seq: int | None = None) -> bytes:
+        seq = self.seq if seq is None else seq
         self.conn.errors += 1
-        log.info("request.error", connection_id=self.conn.id, seq_num=self.seq, error=message)
-        return protocol.error(self.seq, message, request_id)
+        log.info("request.error", connection_id=self.conn.id, seq_num=seq, error=message)
+        return protocol.error(seq, message, request_id)

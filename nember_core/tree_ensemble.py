@@ -61,6 +61,21 @@ class TreeEnsemble:
         self._less_equal = less_equal
         self._dtype = dtype
 
+    def batch(self, rows: np.ndarray) -> np.ndarray:
+        """The per-output sums for many rows (2-D: rows x features): rows x outputs."""
+        x = rows.astype(self._dtype, copy=False)
+        which = np.arange(len(x))[:, None]
+        nodes = np.broadcast_to(self._roots, (len(x), len(self._roots)))
+        children, feature, threshold = self._children, self._feature, self._threshold
+        int8 = np.int8
+        for _ in range(self._depth):
+            if self._less_equal:
+                go_left = x[which, feature[nodes]] <= threshold[nodes]
+            else:
+                go_left = x[which, feature[nodes]] < threshold[nodes]
+            nodes = children[go_left.view(int8), nodes]
+        return self._value[nodes].sum(axis=1)
+
     def __call__(self, row: np.ndarray) -> np.ndarray:
         """The per-output sums for one row (a 1-D array of the features)."""
         x = row.astype(self._dtype, copy=False)

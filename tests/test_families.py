@@ -109,3 +109,52 @@ def test_training_output_reports_holdout_metrics(all_trained):
     assert "hold-out: accuracy" in result.stdout
     result = all_trained.train("Linear", "reg", "metrics")
     assert "mae" in result.stdout and "rmse" in result.stdout
+
+
+@pytest.mark.parametrize("model_type", ["class", "reg"])
+@pytest.mark.parametrize("family", ["RandomForest", "GradientBoosting", "XGBoost", "LightGBM"])
+async def test_concurrent_requests_batched_together_get_their_own_predictions(
+    family_server, all_trained, family, model_type
+):
+    """Many sockets asking at once: costly models answer them from one batch; each answer
+    must still be its own window's prediction, in order, with its own seq_num."""
+    import asyncio
+
+    X, points, labels, values = windows(all_trained.data)
+    model = estimator(family, model_type)
+    if model_type == "class":
+        classes = sorted(set(labels))
+        model.fit(X, np.array([classes.index(label) for label in labels]))
+    else:
+        model.fit(X, values)
+    async with aiohttp.ClientSession() as session:
+        sockets = [await authed(session, family_server.url, all_trained.key) for _ in range(24)]
+
+        async def two_requests(ws, i):
+            answers = []
+            for j in (i, i + 100):
+                answers.append(await ask(ws, {
+                    "strat_name": "families", "model_name": family, "model_type": model_type,
+                    "DataPoints": points[j],
+                }))
+            return answers
+
+        results = await asyncio.gather(*(two_requests(ws, i) for i, ws in enumerate(sockets)))
+        for i, answers in enumerate(results):
+            assert [a["seq_num"] for a in answers] == [1, 2]
+            assert [a["message"] for a in answers] == [
+                "New model configuration added, prediction made",
+                "Existing model data used for prediction",
+            ]
+            for answer, j in zip(answers, (i, i + 100), strict=True):
+                expected = model.predict(X[j : j + 1])[0]
+                if model_type == "class":
+                    assert answer["prediction"] == classes[int(expected)]
+                else:
+                    assert answer["prediction"] == pytest.approx(float(expected), rel=1e-5,
+                                                                 abs=1e-6)
+        for ws in sockets:
+            await ws.close()
+    loaded = [e for e in family_server.events("model.loaded") if e["family"] == family]
+    if family in ("RandomForest", "GradientBoosting"):
+        assert any(e["batched"] for e in loaded)  # these are costly enough to batch

@@ -55,10 +55,15 @@ def test_predictor_equals_the_library(family_name, target, params):
     expected = np.asarray(family.predict(model, model_type, ROWS))
     predict = family.predictor(model, model_type)
     got = np.array([predict(ROWS[i : i + 1]) for i in range(len(ROWS))])
-    if model_type == "class":
-        assert (got == expected).all(), f"{(got != expected).sum()} rows differ"
-    else:
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    batches = []
+    if hasattr(predict, "rows"):  # the batch path serves concurrent requests: check it too
+        batches = [np.asarray(predict.rows(ROWS)), np.asarray(predict.rows(ROWS[:3]))]
+    for answer in (got, *batches):
+        want = expected[: len(answer)]
+        if model_type == "class":
+            assert (answer == want).all(), f"{(answer != want).sum()} rows differ"
+        else:
+            np.testing.assert_allclose(answer, want, rtol=1e-5, atol=1e-6)
 
 
 def test_tree_ensemble_walks_both_comparisons():

@@ -10,7 +10,7 @@ import numpy as np
 
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
-from nember_core.family_tools import decode_output
+from nember_core.family_tools import decode_output, with_rows
 from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1}
@@ -48,7 +48,8 @@ class LightGBMFamily:
         return lambda row: decode_output(predict(row, num_threads=1), model_type)[0]
 
     def predict(self, model, model_type: str, X: np.ndarray):
-        return decode_output(model.predict(X), model_type)
+        # One thread: on a busy server, OpenMP threads spinning on other cores cost more.
+        return decode_output(model.predict(X, num_threads=1), model_type)
 
 
 IDENTITY = {"regression", "regression_l1", "huber", "fair", "quantile", "mape"}
@@ -76,16 +77,18 @@ def fast_predictor(booster, model_type: str):
     base = np.asarray(booster.predict(probe, raw_score=True)).reshape(-1) - ensemble(probe[0])
 
     if model_type == "reg" or objective in IDENTITY:
-        return lambda row: float(ensemble(row[0])[0] + base[0])
+        return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
     if outputs == 1:
         sigmoid = float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
 
-        def positive(row) -> int:  # as LightGBM: the probability, then over one half
-            raw = ensemble(row[0])[0] + base[0]
-            return int(1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5)
+        def positive(raw):  # as LightGBM: the probability, then over one half
+            return (1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5).astype(np.intp)
 
-        return positive
-    return lambda row: int((ensemble(row[0]) + base).argmax())
+        return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]))
+    return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1))
 
 
 def _flatten(root: dict, outputs: int, output: int) -> Tree | None:

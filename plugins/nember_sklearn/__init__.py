@@ -14,6 +14,7 @@ import numpy as np
 
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
+from nember_core.family_tools import with_rows
 from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 # family name -> (classifier, regressor, default hyperparameters)
@@ -152,9 +153,11 @@ def fast_predictor(model):
     )
     if is_classifier(model):
         classes = model.classes_
-        return lambda row: classes[ensemble(row[0]).argmax()]
+        return with_rows(lambda row: classes[ensemble(row[0]).argmax()],
+                         lambda rows: classes[ensemble.batch(rows).argmax(axis=1)])
     count = len(trees)
-    return lambda row: ensemble(row[0])[0] / count
+    return with_rows(lambda row: ensemble(row[0])[0] / count,
+                     lambda rows: ensemble.batch(rows)[:, 0] / count)
 
 
 def _hist_gradient_boosting(model):
@@ -181,11 +184,16 @@ def _hist_gradient_boosting(model):
     probe = np.zeros((1, model.n_features_in_))
     base = model._raw_predict(probe)[0] - ensemble(probe[0])
     if not is_classifier(model):
-        return lambda row: float(ensemble(row[0])[0] + base[0])
+        return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
     classes = model.classes_
     if outputs == 1:  # binary: the positive class when its probability is over one half
-        return lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)]
-    return lambda row: classes[int((ensemble(row[0]) + base).argmax())]
+        return with_rows(
+            lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)],
+            lambda rows: classes[(ensemble.batch(rows)[:, 0] + base[0] > 0).astype(np.intp)],
+        )
+    return with_rows(lambda row: classes[int((ensemble(row[0]) + base).argmax())],
+                     lambda rows: classes[(ensemble.batch(rows) + base).argmax(axis=1)])
 
 
 @hookimpl

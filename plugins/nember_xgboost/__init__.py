@@ -12,7 +12,7 @@ import numpy as np
 
 from nember_core import hookimpl
 from nember_core.errors import ModelFileRejected
-from nember_core.family_tools import decode_output
+from nember_core.family_tools import decode_output, with_rows
 from nember_core.tree_ensemble import Tree, TreeEnsemble
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
@@ -90,16 +90,19 @@ def fast_predictor(booster, model_type: str):
     base = library - ensemble(probe[0])
 
     if model_type == "reg" or objective in IDENTITY:
-        return lambda row: float(ensemble(row[0])[0] + base[0])
+        return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
     if outputs == 1:
         one, half = np.float32(1), np.float32(0.5)
 
-        def positive(row) -> int:
-            margin = np.float32(ensemble(row[0])[0] + base[0])
-            return int(one / (one + np.exp(-margin)) > half)  # as XGBoost: float32 sigmoid
+        def positive(margins):  # as XGBoost: a float32 sigmoid over one half
+            margins = margins.astype(np.float32)
+            return (one / (one + np.exp(-margins)) > half).astype(np.intp)
 
-        return positive
-    return lambda row: int((ensemble(row[0]) + base).argmax())
+        return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]))
+    return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1))
 
 
 def _version() -> str:
