@@ -28,28 +28,28 @@ GOING_AWAY = 1001
 CLOSED_BY_OWNER = 4000
 KEY_REVOKED = 4401
 
-_NO_ID = object()  # the request had no request_id (distinct from "request_id": null)
+NO_ID = object()  # the request had no request_id (distinct from "request_id": null)
 
 
 class RequestError(Exception):
     """A request the server cannot answer with a prediction; the message is sent as it is."""
 
 
-def success(seq: int, new: bool, prediction: Any, request_id: Any = _NO_ID) -> bytes:
+def success(seq: int, new: bool, prediction: Any, request_id: Any = NO_ID) -> bytes:
     answer = {
         "type": "success",
         "seq_num": seq,
         "message": NEW_MODEL if new else EXISTING_MODEL,
         "prediction": prediction,
     }
-    if request_id is not _NO_ID:
+    if request_id is not NO_ID:
         answer["request_id"] = request_id
     return orjson.dumps(answer)
 
 
-def error(seq: int, message: str, request_id: Any = _NO_ID) -> bytes:
+def error(seq: int, message: str, request_id: Any = NO_ID) -> bytes:
     answer = {"type": "error", "seq_num": seq, "message": message}
-    if request_id is not _NO_ID:
+    if request_id is not NO_ID:
         answer["request_id"] = request_id
     return orjson.dumps(answer)
 
@@ -93,12 +93,12 @@ def parse(text: str | bytes) -> dict[str, Any]:
 
 
 def request_id(request: dict[str, Any]) -> Any:
-    return request.get("request_id", _NO_ID)
+    return request.get("request_id", NO_ID)
 
 
 def _name_field(request: dict[str, Any], field: str) -> str:
-    value = request.get(field, _NO_ID)
-    if value is _NO_ID:
+    value = request.get(field, NO_ID)
+    if value is NO_ID:
         raise RequestError(f"Missing field '{field}': expected a non-empty string.")
     if type(value) is not str or not value:
         got = "an empty string" if value == "" else describe(value)
@@ -114,14 +114,14 @@ def model_selector(request: dict[str, Any], api_key: str) -> tuple[str, str, str
         )
     strat = _name_field(request, "strat_name")
     family = _name_field(request, "model_name")
-    model_type = request.get("model_type", _NO_ID)
-    if model_type is _NO_ID:
+    model_type = request.get("model_type", NO_ID)
+    if model_type is NO_ID:
         raise RequestError("Missing field 'model_type': expected 'class' or 'reg'.")
     if model_type not in MODEL_TYPES or type(model_type) is not str:
         shown = quoted(model_type) if type(model_type) is str else describe(model_type)
         raise RequestError(f"Field 'model_type' must be 'class' or 'reg', got {shown}.")
-    points = request.get("DataPoints", _NO_ID)
-    if points is _NO_ID:
+    points = request.get("DataPoints", NO_ID)
+    if points is NO_ID:
         raise RequestError("Missing field 'DataPoints': expected a list of data point objects.")
     if type(points) is not list:
         raise RequestError(

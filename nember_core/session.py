@@ -76,11 +76,11 @@ class PredictionSession:
         self.seq += 1
         self.conn.last_request_at = time.time()
         if not self.limiter.allow():
-            return self._error(self.rate_message, protocol._NO_ID)
+            return self._error(self.rate_message, protocol.NO_ID)
         if not is_text:
             return self._error(
                 "Binary frames are not accepted; send each request as a JSON text frame.",
-                protocol._NO_ID,
+                protocol.NO_ID,
             )
         return self._answer(data, may_load=True)
 
@@ -104,7 +104,7 @@ class PredictionSession:
         return protocol.success(waiting.seq, waiting.new, prediction, waiting.request_id)
 
     def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey | Pending:
-        request_id: Any = protocol._NO_ID
+        request_id: Any = protocol.NO_ID
         try:
             request = protocol.parse(data)
             request_id = protocol.request_id(request)
