@@ -58,6 +58,18 @@ def windows(path):
     return np.array(samples), points, labels, np.array(values)
 
 
+def reference(data, family: str, model_type: str):
+    """The windows, and the library's estimator fitted on them in this process."""
+    X, points, labels, values = windows(data)
+    model = estimator(family, model_type)
+    classes = sorted(set(labels))
+    if model_type == "class":
+        model.fit(X, np.array([classes.index(label) for label in labels]))
+    else:
+        model.fit(X, values)
+    return X, points, model, classes
+
+
 @pytest.fixture(scope="module")
 def all_trained(workspace):
     for family in FAMILIES:
@@ -79,13 +91,7 @@ def family_server(all_trained):
 async def test_socket_prediction_equals_in_process_estimator(
     family_server, all_trained, family, model_type
 ):
-    X, points, labels, values = windows(all_trained.data)
-    model = estimator(family, model_type)
-    if model_type == "class":
-        classes = sorted(set(labels))
-        model.fit(X, np.array([classes.index(label) for label in labels]))
-    else:
-        model.fit(X, values)
+    X, points, model, classes = reference(all_trained.data, family, model_type)
     picks = [0, 1, 57, 123, len(points) - 1]
     async with aiohttp.ClientSession() as session:
         ws = await authed(session, family_server.url, all_trained.key)
@@ -120,13 +126,7 @@ async def test_concurrent_requests_batched_together_get_their_own_predictions(
     must still be its own window's prediction, in order, with its own seq_num."""
     import asyncio
 
-    X, points, labels, values = windows(all_trained.data)
-    model = estimator(family, model_type)
-    if model_type == "class":
-        classes = sorted(set(labels))
-        model.fit(X, np.array([classes.index(label) for label in labels]))
-    else:
-        model.fit(X, values)
+    X, points, model, classes = reference(all_trained.data, family, model_type)
     async with aiohttp.ClientSession() as session:
         sockets = [await authed(session, family_server.url, all_trained.key) for _ in range(24)]
 
