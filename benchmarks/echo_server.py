@@ -1,6 +1,6 @@
 """The floor: a bare aiohttp websocket server on the same stack as Nember, echoing each frame.
 
-    python benchmarks/echo_server.py PORT
+    python benchmarks/echo_server.py PORT [uvloop]
 
 Same library, same event loop, same websocket settings (no compression, a heartbeat, the
 same maximum frame size); it answers the first frame like an authentication and every other
@@ -34,7 +34,13 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
 def main() -> None:
     app = web.Application()
     app.router.add_get("/ws", echo)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    loop = None
+    if sys.argv[2:] == ["uvloop"]:  # the same event loop as the Nember it is compared with
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+                loop=loop)
 
 
 if __name__ == "__main__":

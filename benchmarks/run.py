@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--idle", default="1000,10000", help="idle connection counts ('' skips)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--no-batching", action="store_true", help="serve without micro-batching")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run Nember and the echo floor on uvloop")
     args = parser.parse_args()
     families = [f for f in args.families.split(",") if f]
     started = time.monotonic()
@@ -201,11 +203,13 @@ def main() -> None:
             # a benchmark's tight loop would hit the per-connection rate limit: lift it
             "  rate_limit: {per_second: 100000000, burst: 100000000}\n"
             f"  micro_batching: {'false' if args.no_batching else 'true'}\n"
+            f"  event_loop: {'uvloop' if args.uvloop else 'asyncio'}\n"
         )
         print("preparing (training every family)...", file=sys.stderr, flush=True)
         key, costs = asyncio.run(prepare(config, folder, families))
 
-        echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port)])
+        echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port),
+                                 *(["uvloop"] if args.uvloop else [])])
         server = subprocess.Popen([NEMBER, "--config", str(config), "serve"])
         try:
             wait_listening(echo_port, echo)

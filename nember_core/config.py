@@ -47,6 +47,7 @@ class ServerConfig:
     model_refresh_interval: float = 0.5  # how often newly trained versions are looked for
     revocation_check_interval: float = 1.0  # how often revocations made elsewhere are applied
     node: str = ""  # this server's name in the connection registry; default: host name
+    event_loop: str = "asyncio"  # or "uvloop" (the uvloop extra): libuv under asyncio
     micro_batching: bool = True  # predict costly models' concurrent requests as one batch
     batch_above_us: float = 20.0  # ...when one prediction costs more than this (µs)
     max_batch: int = 256
@@ -223,6 +224,7 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("revocation_check_interval", server.revocation_check_interval > 0, "a number > 0"),
         ("max_upload_size", server.max_upload_size >= 1024, "a size in bytes >= 1024"),
         ("batch_above_us", server.batch_above_us >= 0, "a number of µs >= 0"),
+        ("event_loop", server.event_loop in ("asyncio", "uvloop"), "'asyncio' or 'uvloop'"),
         ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
     ]

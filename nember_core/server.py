@@ -87,6 +87,19 @@ def ssl_context(nember: Nember) -> ssl.SSLContext | None:
     return context
 
 
+def _event_loop(nember: Nember) -> asyncio.AbstractEventLoop | None:
+    if nember.config.server.event_loop != "uvloop":
+        return None  # asyncio's own
+    try:
+        import uvloop
+    except ImportError:
+        where = nember.config.path or "<defaults>"
+        raise ConfigError(
+            f"{where}: server.event_loop: uvloop is not installed (pip install 'nember[uvloop]')"
+        ) from None
+    return uvloop.new_event_loop()
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a file descriptor: allow as many as the system lets this process."""
     try:
@@ -122,6 +135,7 @@ def serve(
     try:
         web.run_app(
             create_app(nember),
+            loop=_event_loop(nember),
             host=host,
             port=port,
             ssl_context=context,

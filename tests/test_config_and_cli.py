@@ -35,6 +35,7 @@ def fails(config, *args, env=None) -> str:
         ("connection_registry:\n  plugin: memory\n  url: x\n",
          "connection_registry.url: unknown key"),
         ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
+        ("server:\n  event_loop: trio\n", "server.event_loop: expected 'asyncio' or 'uvloop'"),
         ("server: {port: [\n", "not valid YAML at line"),
         ("- just\n- a list\n", "the config must be a mapping"),
     ],

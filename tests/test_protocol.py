@@ -268,3 +268,16 @@ async def test_a_peer_that_ignores_pings_is_dropped(trained, tmp_path):
         assert closed and closed[-1]["close_reason"] == "connection lost"
     finally:
         server.kill()
+
+
+async def test_serves_the_same_on_uvloop(trained, tmp_path):
+    config = write_config(tmp_path, server={"event_loop": "uvloop"}, data_dir=trained.data_dir)
+    server = Server(config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, trained.key)
+            assert (await ask(ws, request()))["message"] == NEW
+            assert (await ask(ws, "junk"))["seq_num"] == 2
+            await ws.close()
+    finally:
+        assert server.terminate() == 0
