@@ -145,19 +145,33 @@ def fast_predictor(model):
             classes = model.classes_
             return lambda row: classes[predict_tree(row.astype(float32))[0].argmax()]
         return lambda row: predict_tree(row.astype(float32))[0, 0]
-    # A forest: every tree at once (see nember_core.tree_ensemble), ~10x a loop over trees.
+    # A forest. One row: every tree at once (nember_core.tree_ensemble), ~2x faster than a
+    # loop over the trees' own predict.
     ensemble = TreeEnsemble(
         [Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, :])
          for t in trees],
         less_equal=True, dtype=float32,
     )
+    # Many rows: each tree's own C loop over the rows wins, ~9 µs a row instead of ~40.
     if is_classifier(model):
-        classes = model.classes_
-        return with_rows(lambda row: classes[ensemble(row[0]).argmax()],
-                         lambda rows: classes[ensemble.batch(rows).argmax(axis=1)])
+        classes, n_classes = model.classes_, model.n_classes_
+
+        def class_rows(rows):
+            x, total = rows.astype(float32), np.zeros((len(rows), n_classes))
+            for tree in trees:
+                total += tree.predict(x)[:, :n_classes]
+            return classes[total.argmax(axis=1)]
+
+        return with_rows(lambda row: classes[ensemble(row[0]).argmax()], class_rows)
     count = len(trees)
-    return with_rows(lambda row: ensemble(row[0])[0] / count,
-                     lambda rows: ensemble.batch(rows)[:, 0] / count)
+
+    def value_rows(rows):
+        x, total = rows.astype(float32), np.zeros(len(rows))
+        for tree in trees:
+            total += tree.predict(x)[:, 0]
+        return total / count
+
+    return with_rows(lambda row: ensemble(row[0])[0] / count, value_rows)
 
 
 def _hist_gradient_boosting(model):
