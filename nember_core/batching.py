@@ -1,11 +1,12 @@
 """Adaptive micro-batching: one model call for the requests of one event-loop turn.
 
 When many connections ask the same costly model at once, the frames read in one turn of the
-event loop are predicted together through the batch path, which costs far less per row. The
-first request of a turn is predicted at once, as if there were no batching, so a lone
-connection waits for nothing; the ones after it in the same turn wait for the batch flushed
-at the turn's end. Each flush picks the cheaper way for its number of rows, from costs
-measured when the model loaded; models that can't gain are never batched.
+event loop are predicted together through the batch path, which costs far less per row.
+While requests come alone (the last turn had one), the first of a turn is predicted at once,
+as if there were no batching, so a lone connection waits for nothing; every other request
+waits for the batch flushed at the end of its turn. Each flush picks the cheaper way for its
+number of rows, from costs measured when the model loaded; models that can't gain are never
+batched.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Costs:
 
 class MicroBatcher:
     __slots__ = ("_predict_row", "_predict_rows", "_rows", "_waiters", "_max_batch", "_costs",
-                 "_turn_open")
+                 "_turn_open", "_turn_size", "_last_turn_size")
 
     def __init__(self, predict_row: Callable[[np.ndarray], Any], predict_rows: RowsPredictor,
                  max_batch: int, costs: Costs):
@@ -45,17 +46,20 @@ class MicroBatcher:
         self._max_batch = max_batch
         self._costs = costs
         self._turn_open = False
+        self._turn_size = 0
+        self._last_turn_size = 0
 
-    def first_in_turn(self) -> bool:
-        """True for the first request of this event-loop turn: predict it directly."""
+    def direct(self) -> bool:
+        """Predict this request directly (True), or ``submit`` it to the turn's batch?"""
         if self._turn_open:
+            self._turn_size += 1
             return False
-        self._turn_open = True
+        self._turn_open, self._turn_size = True, 1
         asyncio.get_running_loop().call_soon(self._end_turn)
-        return True
+        return self._last_turn_size <= 1  # alone so far: don't make it wait
 
     def _end_turn(self) -> None:
-        self._turn_open = False
+        self._turn_open, self._last_turn_size = False, self._turn_size
         self._flush()
 
     def submit(self, row: np.ndarray) -> asyncio.Future:

@@ -117,8 +117,8 @@ class PredictionSession:
                 model = None
             if model is None:
                 return self._error(protocol.NOT_FOUND, request_id)
-            if model.batcher is not None and not model.batcher.first_in_turn():
-                # A costly model, asked again in this turn: predicted with the turn's batch.
+            if model.batcher is not None and not model.batcher.direct():
+                # A costly model asked by many at once: predicted with this turn's batch.
                 row = model.extractor.row(request["DataPoints"])
                 return Pending(key, model, model.batcher.submit(row), self.seq,
                                self._is_new(key, model), request_id)
