@@ -9,7 +9,11 @@ trained model, which the server then stores through the configured model store.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -60,9 +64,21 @@ class TrainingJob:
 _progress_queue: Any = None  # set in each worker process by _init_worker
 
 
-def _init_worker(progress_queue) -> None:
+def _init_worker(progress_queue, parent: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A server killed outright (SIGKILL) must not leave its training workers behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _train_in_worker(spec: TrainingSpec):
@@ -89,7 +105,7 @@ class TrainingJobs:
             max_workers=workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self._queue,),
+            initargs=(self._queue, os.getpid()),
         )
         self._jobs: dict[str, TrainingJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
