@@ -30,10 +30,6 @@ def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def looks_like_key(text: str) -> bool:
-    return text.startswith(KEY_PREFIX) and len(text) <= MAX_KEY_LENGTH
-
-
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)

@@ -47,10 +47,10 @@ class FeatureExtractor:
                 self._explain(points)
         try:
             row = np.array(values, dtype=np.float64)
-        except OverflowError:
+        except OverflowError:  # an integer beyond a double's range
             self._explain(points)
-        if not np.isfinite(row).all():
-            self._explain(points)
+        # No finiteness check per frame: orjson refuses NaN, Infinity and out-of-range
+        # numbers, so every float that reaches here is finite.
         return row.reshape(1, -1)
 
     def _explain(self, points: list[Any]) -> None:

@@ -29,7 +29,6 @@ from .records import ModelKey, utcnow
 
 log = structlog.get_logger("nember.jobs")
 
-JOB_STATES = ("queued", "running", "succeeded", "failed")
 KEEP_FINISHED = 1000  # finished jobs remembered per server, oldest forgotten first
 
 
