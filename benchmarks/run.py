@@ -9,7 +9,9 @@ and drives both from a load generator in its own process:
 
 - one connection, sequential round trips: p50, p90, p99, p99.9, max (after a warm-up);
 - 16, 64 and 256 connections: predictions per second and p50/p99;
-- each family's raw in-process predict cost, and the whole per-frame cost in-process;
+- each family's raw in-process predict cost, and the whole per-frame cost in-process (tree
+  models compiled to native code first, as a server does when it loads them; --no-compile
+  measures their NumPy and library paths instead);
 - server memory (RSS) with 0, 1,000 and 10,000 idle authenticated connections.
 
 It prints tables and the target ratios (Nember ÷ floor), and writes everything as JSON.
@@ -83,8 +85,10 @@ def frame(family: str, model_type: str) -> str:
 
 # --- set-up and in-process costs ---------------------------------------------------------
 
-async def prepare(config: Path, folder: Path, families: list[str]) -> tuple[str, dict]:
-    """Account, key and models; and each model's raw and whole-frame cost in-process."""
+async def prepare(config: Path, folder: Path, families: list[str],
+                  compile_trees: bool) -> tuple[str, dict]:
+    """Account, key and models (compiled, as the server will find them); and each model's
+    raw and whole-frame cost in-process."""
     from nember_core import commands
     from nember_core.demo import write_prices
     from nember_core.logs import configure
@@ -92,41 +96,51 @@ async def prepare(config: Path, folder: Path, families: list[str]) -> tuple[str,
     from nember_core.records import ModelKey
     from nember_core.services import Nember
     from nember_core.session import PredictionSession, RateLimiter
+    from nember_core.tree_compiler import TreeCompiler
 
     nember = Nember.load(str(config))
     configure("warning")
     services = await nember.open()
+    compiler = TreeCompiler(nember.config.data_dir / "compiled") if compile_trees else None
     try:
         prices = folder / "prices.csv"
         write_prices(prices)
         account = await commands.create_account(services, "bench@example.com", "benchmark-pw")
         key = (await commands.create_key(services, account.email, "bench")).secret
-        costs = {}
         # No batching here: this measures one frame's own cost, start to end.
-        cache = ModelCache(services.model_store, nember.families, batch_above_us=None)
-        for family in families:
-            for model_type, target in (("class", "direction"), ("reg", "next_return")):
-                print(f"  training {family} {model_type}", file=sys.stderr, flush=True)
-                await commands.train_model(nember, services, account.email, "bench", family,
-                                           model_type, prices, target, window=2,
-                                           features=["point1", "point2"])
-                model_key = ModelKey(account.id, "bench", family, model_type)
-                await cache.load(model_key)
-                model = cache.get(model_key)
-                row = model.extractor.row(POINTS)
-                raw = model._predict_row  # the family's predictor, as the hot path calls it
-                conn = _Conn(account.id)
-                session = PredictionSession(conn, key, cache, RateLimiter(1e12, 10**12))
-                text = frame(family, model_type)
-                session.answer(text, True)
-                costs[f"{family}/{model_type}"] = {
-                    "predict_us": _time_per_call(lambda raw=raw, row=row: raw(row)),
-                    "frame_us": _time_per_call(
-                        lambda session=session, text=text: session.answer(text, True)
-                    ),
-                }
+        cache = ModelCache(services.model_store, nember.families, batch_above_us=None,
+                           compiler=compiler)
+        names = [(family, model_type, target) for family in families
+                 for model_type, target in (("class", "direction"), ("reg", "next_return"))]
+        for family, model_type, target in names:
+            print(f"  training {family} {model_type}", file=sys.stderr, flush=True)
+            await commands.train_model(nember, services, account.email, "bench", family,
+                                       model_type, prices, target, window=2,
+                                       features=["point1", "point2"])
+            # Loading starts compiling its trees in the background, while the next trains.
+            await cache.load(ModelKey(account.id, "bench", family, model_type))
+        print("  waiting for the compiler", file=sys.stderr, flush=True)
+        await cache.wait_compiled()
+        costs = {}
+        for family, model_type, _ in names:
+            model = cache.get(ModelKey(account.id, "bench", family, model_type))
+            row = model.extractor.row(POINTS)
+            raw = model.predictor  # the family's predictor, as the hot path calls it
+            conn = _Conn(account.id)
+            session = PredictionSession(conn, key, cache, RateLimiter(1e12, 10**12))
+            text = frame(family, model_type)
+            session.answer(text, True)
+            costs[f"{family}/{model_type}"] = {
+                "predict_us": _time_per_call(lambda raw=raw, row=row: raw(row)),
+                "frame_us": _time_per_call(
+                    lambda session=session, text=text: session.answer(text, True)
+                ),
+                "native": bool(getattr(getattr(raw, "ensemble", None), "native", False)),
+            }
         return key, costs
     finally:
+        if compiler is not None:
+            await compiler.close()
         await services.close()
 
 
@@ -194,6 +208,8 @@ def main() -> None:
     parser.add_argument("--idle", default="1000,10000", help="idle connection counts ('' skips)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--no-batching", action="store_true", help="serve without micro-batching")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="serve tree models without compiling them to native code")
     parser.add_argument("--uvloop", action="store_true",
                         help="run Nember and the echo floor on uvloop")
     args = parser.parse_args()
@@ -211,9 +227,10 @@ def main() -> None:
             "  rate_limit: {per_second: 100000000, burst: 100000000}\n"
             f"  micro_batching: {'false' if args.no_batching else 'true'}\n"
             f"  event_loop: {'uvloop' if args.uvloop else 'asyncio'}\n"
+            f"  compile_trees: {'false' if args.no_compile else 'true'}\n"
         )
         print("preparing (training every family)...", file=sys.stderr, flush=True)
-        key, costs = asyncio.run(prepare(config, folder, families))
+        key, costs = asyncio.run(prepare(config, folder, families, not args.no_compile))
 
         echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port),
                                  *(["uvloop"] if args.uvloop else [])])
@@ -287,15 +304,16 @@ def render(report: dict) -> str:
     lines += ["", "Targets: p50 <= 1.5 x (floor p50 + predict); p99 <= 2 x floor p99 (the floor's "
               "sequential run just before each family's);",
               "64-connection throughput >= 0.5 x floor",
-              f"{'':22}{'predict µs':>11}{'frame µs':>10}{'floor p50':>10}{'p50 ratio':>11}"
-              f"{'p99 ratio':>11}{'64-conn ratio':>15}"]
+              f"{'':22}{'compiled':>9}{'predict µs':>11}{'frame µs':>10}{'floor p50':>10}"
+              f"{'p50 ratio':>11}{'p99 ratio':>11}{'64-conn ratio':>15}"]
     for name, cost in costs.items():
         r = ratio[name]
         marks = [r["p50_vs_floor_plus_predict"] <= 1.5, r["p99_vs_floor"] <= 2.0,
                  r["throughput_64_vs_floor"] >= 0.5]
         paired = results[name].get("floor_sequential", results["floor"]["sequential"])
         lines.append(
-            f"{name:<22}{cost['predict_us']:>11.2f}{cost['frame_us']:>10.2f}{paired['p50']:>10.0f}"
+            f"{name:<22}{'yes' if cost.get('native') else 'no':>9}{cost['predict_us']:>11.2f}"
+            f"{cost['frame_us']:>10.2f}{paired['p50']:>10.0f}"
             f"{r['p50_vs_floor_plus_predict']:>10.2f}{'✓' if marks[0] else '✗'}"
             f"{r['p99_vs_floor']:>10.2f}{'✓' if marks[1] else '✗'}"
             f"{r['throughput_64_vs_floor']:>14.2f}{'✓' if marks[2] else '✗'}")

@@ -51,6 +51,7 @@ class ServerConfig:
     micro_batching: bool = True  # predict costly models' concurrent requests as one batch
     batch_above_us: float = 20.0  # ...when one prediction costs more than this (µs)
     max_batch: int = 256
+    compile_trees: bool = True  # compile tree models to native code (TL2cgen, gcc) when loaded
     max_upload_size: int = 64 * 1024 * 1024  # bytes of CSV per training upload (REST API)
     training_workers: int = 1  # processes that train models for the REST API
 

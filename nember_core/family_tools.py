@@ -18,7 +18,10 @@ def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:
     return (raw > 0.5).astype(np.int64)
 
 
-def with_rows(single, rows):
-    """Attach the many-rows version to a single-row predictor (see ModelFamily.predictor)."""
+def with_rows(single, rows, ensemble=None):
+    """Attach the many-rows version to a single-row predictor (see ModelFamily.predictor),
+    and the TreeEnsemble it evaluates, which the model cache may compile to native code."""
     single.rows = rows
+    if ensemble is not None:
+        single.ensemble = ensemble
     return single

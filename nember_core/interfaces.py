@@ -168,7 +168,10 @@ class ModelFamily(Protocol):
 
         It may carry a ``rows`` attribute: the same predictions for many rows at once (an
         n x features array in, n outputs out), used to answer concurrent requests in one
-        batch; without it, batches go through ``predict``.
+        batch; without it, batches go through ``predict``. A tree model's predictor may also
+        carry ``ensemble``, the ``nember_core.tree_ensemble.TreeEnsemble`` it evaluates: the
+        server then compiles those trees to native code in the background and switches to it
+        (``nember_core.family_tools.with_rows`` attaches both).
         """
 
     def predict(self, model: Any, model_type: str, X: np.ndarray) -> Sequence[Any]:

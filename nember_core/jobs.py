@@ -9,13 +9,8 @@ trained model, which the server then stores through the configured model store.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
-import os
-import signal
-import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +21,7 @@ import structlog
 from .credentials import new_id
 from .errors import NemberError, NotFound
 from .records import ModelKey, utcnow
+from .worker_pool import spawn_pool
 
 log = structlog.get_logger("nember.jobs")
 
@@ -63,21 +59,9 @@ class TrainingJob:
 _progress_queue: Any = None  # set in each worker process by _init_worker
 
 
-def _init_worker(progress_queue, parent: int) -> None:
+def _init_worker(progress_queue) -> None:
     global _progress_queue
     _progress_queue = progress_queue
-    _die_with_parent(parent)
-
-
-def _die_with_parent(parent: int) -> None:
-    """A server killed outright (SIGKILL) must not leave its training workers behind."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
 
 
 def _train_in_worker(spec: TrainingSpec):
@@ -98,14 +82,8 @@ def _train_in_worker(spec: TrainingSpec):
 class TrainingJobs:
     def __init__(self, model_store, workers: int = 1):
         self._store = model_store
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
-        self._queue = context.Queue()
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(self._queue, os.getpid()),
-        )
+        self._queue = multiprocessing.get_context("spawn").Queue()
+        self._pool = spawn_pool(workers, _init_worker, (self._queue,))
         self._jobs: dict[str, TrainingJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader = threading.Thread(target=self._read_progress, daemon=True)

@@ -3,6 +3,8 @@
 Lookups are a dict access. Loading (store read, deserialize) happens on a miss, off the
 per-frame path; a background task looks for newer versions whenever the model store's
 generation token changes, so a retrained model is picked up without any I/O per request.
+Tree models are compiled to native code in the background (``tree_compiler``) and switch to
+it when it is ready.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .batching import Costs, MicroBatcher
 from .features import FeatureExtractor
 from .interfaces import ModelFamily, ModelStore, RowPredictor
 from .records import ModelKey, ModelMeta
+from .tree_compiler import TreeCompiler
 
 log = structlog.get_logger("nember.models")
 
@@ -26,20 +29,22 @@ MAX_ABSENT = 10_000  # cap on remembered misses, so bad requests can't grow memo
 
 
 class LoadedModel:
-    __slots__ = ("meta", "version", "extractor", "batcher", "_predict_row", "_labels")
+    __slots__ = ("meta", "version", "extractor", "batcher", "predictor", "batch_rows",
+                 "_labels")
 
     def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
-                 batcher: MicroBatcher | None = None):
+                 batcher: MicroBatcher | None = None, batch_rows=None):
         self.meta = meta
         self.version = meta.version
         self.extractor = FeatureExtractor(meta.features, meta.window)
         self.batcher = batcher  # set when the model is costly enough to gain from batches
-        self._predict_row = predict_row
+        self.predictor = predict_row  # the family's single-row predictor
+        self.batch_rows = batch_rows  # ...and its many-rows one
         self._labels = meta.classes
 
     def predict(self, points: list[Any]) -> Any:
         """The answer's ``prediction``: a class label as in the training data, or a float."""
-        return self.label(self._predict_row(self.extractor.row(points)))
+        return self.label(self.predictor(self.extractor.row(points)))
 
     def label(self, raw: Any) -> Any:
         if self._labels is not None:
@@ -71,13 +76,16 @@ def measure_costs(predict_row, predict_rows, width: int) -> Costs:
 
 class ModelCache:
     def __init__(self, store: ModelStore, families: dict[str, ModelFamily],
-                 batch_above_us: float | None = 20.0, max_batch: int = 256):
+                 batch_above_us: float | None = 20.0, max_batch: int = 256,
+                 compiler: TreeCompiler | None = None):
         self._store = store
         self._families = families
         self._batch_above_us = batch_above_us  # None: never batch
         self._max_batch = max_batch
+        self._compiler = compiler  # None: trees are never compiled
         self._entries: dict[ModelKey, LoadedModel | None] = {}
         self._loading: dict[ModelKey, asyncio.Future] = {}
+        self._compiling: set[asyncio.Task] = set()
         self._generation: str | None = None
 
     def get(self, key: ModelKey):
@@ -131,6 +139,24 @@ class ModelCache:
         batch = getattr(predictor, "rows", None) or (
             lambda rows: family.predict(model, model_type, rows)
         )
+        ensemble = getattr(predictor, "ensemble", None)
+        width = len(meta.features) * meta.window
+        compile_later = False
+        if ensemble is not None and self._compiler is not None:
+            native = await self._compiler.cached(ensemble, width)
+            if native is not None:
+                ensemble.use_native(native)
+            else:
+                compile_later = True
+        entry = self._entry(meta, predictor, batch)
+        if compile_later:
+            task = asyncio.create_task(self._compile(meta.key, entry, ensemble, width))
+            self._compiling.add(task)
+            task.add_done_callback(self._compiling.discard)
+        return entry
+
+    def _entry(self, meta: ModelMeta, predictor: RowPredictor, batch) -> LoadedModel:
+        """The model ready to serve, batched if its measured costs say batches pay."""
         costs = measure_costs(predictor, batch, len(meta.features) * meta.window)
         batcher = None
         if (
@@ -143,12 +169,26 @@ class ModelCache:
             "model.loaded",
             strat=meta.key.strat,
             family=meta.key.family,
-            model_type=model_type,
+            model_type=meta.key.model_type,
             version=meta.version,
             predict_us=round(costs.single, 1),
             batched=batcher is not None,
+            native=bool(getattr(getattr(predictor, "ensemble", None), "native", False)),
         )
-        return LoadedModel(meta, predictor, batcher)
+        return LoadedModel(meta, predictor, batcher, batch)
+
+    async def _compile(self, key: ModelKey, entry: LoadedModel, ensemble, width: int) -> None:
+        native = await self._compiler.compile(ensemble, width)
+        if native is None:
+            return
+        ensemble.use_native(native)
+        if self._entries.get(key) is entry:  # still the version being served: re-measure
+            self._entries[key] = self._entry(entry.meta, entry.predictor, entry.batch_rows)
+
+    async def wait_compiled(self) -> None:
+        """Until every compile started so far has finished (benchmarks, tests)."""
+        while self._compiling:
+            await asyncio.gather(*self._compiling, return_exceptions=True)
 
     async def refresh(self) -> None:
         """Reload every cached key whose newest version changed since the last look."""

@@ -17,6 +17,7 @@ from .gateway import Gateway
 from .jobs import TrainingJobs
 from .model_cache import ModelCache
 from .services import Nember
+from .tree_compiler import TreeCompiler
 
 log = structlog.get_logger("nember.server")
 
@@ -31,11 +32,15 @@ def create_app(nember: Nember) -> web.Application:
     async def lifecycle(app: web.Application):
         services = await nember.open()
         server = nember.config.server
+        compiler = (
+            TreeCompiler(nember.config.data_dir / "compiled") if server.compile_trees else None
+        )
         cache = ModelCache(
             services.model_store,
             nember.families,
             batch_above_us=server.batch_above_us if server.micro_batching else None,
             max_batch=server.max_batch,
+            compiler=compiler,
         )
         gateway = Gateway(nember.config, services, cache)
         jobs = TrainingJobs(services.model_store, server.training_workers)
@@ -53,6 +58,8 @@ def create_app(nember: Nember) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await jobs.close()
+        if compiler is not None:
+            await compiler.close()
         await services.close()
 
     async def on_shutdown(app: web.Application) -> None:

@@ -20,6 +20,18 @@ NEMBER = str(Path(sys.executable).with_name("nember"))
 PASSWORD = "correct horse battery"
 
 
+def require_service(missing: str | None) -> None:
+    """Skip the calling test module when ``missing`` names an absent service; in CI
+    (CI=true) that is a failure instead: CI installs every service."""
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI=true but a service the tests need is missing: {missing}")
+    import pytest
+
+    pytest.skip(missing, allow_module_level=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -31,12 +43,15 @@ def write_config(
 ) -> Path:
     """A config in ``folder`` with a fresh port; ``server`` and sections override defaults.
 
-    ``data_dir`` lets a second server share another's accounts, keys and models.
+    ``data_dir`` lets a second server share another's accounts, keys and models. Trees are
+    not compiled unless ``server`` asks: tests/test_native_trees.py covers compiling, and
+    elsewhere it would only take CPU from the tests (and hide the paths it replaces).
     """
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "data_dir": str(data_dir) if data_dir else "data",
-        "server": {"host": "127.0.0.1", "port": free_port(), **(server or {})},
+        "server": {"host": "127.0.0.1", "port": free_port(), "compile_trees": False,
+                   **(server or {})},
         "log": {"level": "info", "format": "json"},
         **sections,
     }

@@ -8,13 +8,12 @@ Screenshots of every page go to test-artifacts/screenshots/.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.harness import PASSWORD, Server, write_config
+from tests.harness import PASSWORD, Server, require_service, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -25,11 +24,10 @@ try:
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None
 
-if CHROMIUM is None or sync_playwright is None:
-    reason = "needs Debian's chromium and the playwright package (bash .ci/run installs both)"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI=true but the browser tests can't run: {reason}")
-    pytest.skip(reason, allow_module_level=True)
+require_service(
+    "Debian's chromium and the playwright package (bash .ci/run installs both)"
+    if CHROMIUM is None or sync_playwright is None else None
+)
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402

@@ -78,7 +78,7 @@ def fast_predictor(booster, model_type: str):
 
     if model_type == "reg" or objective in IDENTITY:
         return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
         sigmoid = float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
 
@@ -86,9 +86,9 @@ def fast_predictor(booster, model_type: str):
             return (1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5).astype(np.intp)
 
         return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
-                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]))
+                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
     return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
-                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1))
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
 
 
 def _flatten(root: dict, outputs: int, output: int) -> Tree | None:

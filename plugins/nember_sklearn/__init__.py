@@ -139,20 +139,20 @@ def fast_predictor(model):
         predict = model.predict
         return lambda row: predict(row)[0]
 
-    if len(trees) == 1:
-        predict_tree = trees[0].predict
-        if is_classifier(model):
-            classes = model.classes_
-            return lambda row: classes[predict_tree(row.astype(float32))[0].argmax()]
-        return lambda row: predict_tree(row.astype(float32))[0, 0]
-    # A forest. One row: every tree at once (nember_core.tree_ensemble), ~2x faster than a
-    # loop over the trees' own predict.
     ensemble = TreeEnsemble(
         [Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, :])
          for t in trees],
-        less_equal=True, dtype=float32,
+        less_equal=True, dtype=float32, single_row=_lone_tree(trees),
     )
-    # Many rows: each tree's own C loop over the rows wins, ~9 µs a row instead of ~40.
+    if len(trees) == 1:
+        if is_classifier(model):
+            classes = model.classes_
+            return with_rows(lambda row: classes[ensemble(row[0]).argmax()], model.predict,
+                             ensemble)
+        return with_rows(lambda row: ensemble(row[0])[0], model.predict, ensemble)
+    # A forest. One row: every tree at once (nember_core.tree_ensemble), ~2x faster than a
+    # loop over the trees' own predict. Many rows: each tree's own C loop over the rows wins,
+    # ~9 µs a row instead of ~40.
     if is_classifier(model):
         classes, n_classes = model.classes_, model.n_classes_
 
@@ -162,7 +162,7 @@ def fast_predictor(model):
                 total += tree.predict(x)[:, :n_classes]
             return classes[total.argmax(axis=1)]
 
-        return with_rows(lambda row: classes[ensemble(row[0]).argmax()], class_rows)
+        return with_rows(lambda row: classes[ensemble(row[0]).argmax()], class_rows, ensemble)
     count = len(trees)
 
     def value_rows(rows):
@@ -171,7 +171,16 @@ def fast_predictor(model):
             total += tree.predict(x)[:, 0]
         return total / count
 
-    return with_rows(lambda row: ensemble(row[0])[0] / count, value_rows)
+    return with_rows(lambda row: ensemble(row[0])[0] / count, value_rows, ensemble)
+
+
+def _lone_tree(trees):
+    """A single tree's own C ``predict`` (3 µs) beats the NumPy walk over its depth."""
+    if len(trees) != 1:
+        return None
+    predict = trees[0].predict
+    float32 = np.float32
+    return lambda row: predict(row.astype(float32).reshape(1, -1))[0]
 
 
 def _hist_gradient_boosting(model):
@@ -199,15 +208,17 @@ def _hist_gradient_boosting(model):
     base = model._raw_predict(probe)[0] - ensemble(probe[0])
     if not is_classifier(model):
         return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     classes = model.classes_
     if outputs == 1:  # binary: the positive class when its probability is over one half
         return with_rows(
             lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)],
             lambda rows: classes[(ensemble.batch(rows)[:, 0] + base[0] > 0).astype(np.intp)],
+            ensemble,
         )
     return with_rows(lambda row: classes[int((ensemble(row[0]) + base).argmax())],
-                     lambda rows: classes[(ensemble.batch(rows) + base).argmax(axis=1)])
+                     lambda rows: classes[(ensemble.batch(rows) + base).argmax(axis=1)],
+                     ensemble)
 
 
 @hookimpl

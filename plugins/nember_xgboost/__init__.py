@@ -91,7 +91,7 @@ def fast_predictor(booster, model_type: str):
 
     if model_type == "reg" or objective in IDENTITY:
         return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0])
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
         one, half = np.float32(1), np.float32(0.5)
 
@@ -100,9 +100,9 @@ def fast_predictor(booster, model_type: str):
             return (one / (one + np.exp(-margins)) > half).astype(np.intp)
 
         return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
-                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]))
+                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
     return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
-                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1))
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
 
 
 def _version() -> str:

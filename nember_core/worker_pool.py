@@ -1,0 +1,47 @@
+"""Process pools for CPU-bound side work (training, compiling), kept off the event loop.
+
+Workers are spawned, not forked: a fork of a process running an event loop and threads
+copies their locks mid-use. Each worker dies with its server, and may run at a lower CPU
+priority so the predictions on the event loop always come first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+
+def spawn_pool(workers: int, initializer: Callable[..., None] | None = None,
+               initargs: tuple[Any, ...] = (), nice: int = 0) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes; ``initializer(*initargs)`` runs in each one first."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(), nice, initializer, initargs),
+    )
+
+
+def _init_worker(parent: int, nice: int, initializer, initargs) -> None:
+    _die_with_parent(parent)
+    if nice:
+        os.nice(nice)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A server killed outright (SIGKILL) must not leave its workers behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)

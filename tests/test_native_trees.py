@@ -1,0 +1,160 @@
+"""Tree models compiled to native code (Treelite + TL2cgen + gcc) answer as the library does.
+
+Every tree family, binary, multi-class and regression: the compiled single-row path against
+the library's own ``predict`` over thousands of rows, classes exactly, values within float
+tolerance. Then what happens when compiling can't: the model keeps its own path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from nember_core.native_trees import NativeTrees
+from nember_core.plugin_manager import plugin_manager
+from nember_core.services import collect_families
+from nember_core.tree_compiler import TreeCompiler, unavailable_reason
+
+from .harness import Workspace, require_service, run_cli, write_config, write_prices
+from .helpers import ask, authed
+
+require_service(unavailable_reason())
+FAMILIES = collect_families(plugin_manager())
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(1500, 5))
+TARGETS = {
+    "binary": ("class", (X[:, 0] + 0.5 * RNG.normal(size=1500) > 0).astype(np.int64)),
+    "multiclass": ("class", np.digitize(X[:, 0] + X[:, 1], [-1.0, 0.0, 1.0]).astype(np.int64)),
+    "reg": ("reg", 3 * X[:, 0] + X[:, 1] ** 2 + 0.1 * RNG.normal(size=1500)),
+}
+ROWS = RNG.normal(size=(2000, 5)) * 1.5
+ROWS[:100] = X[:100]  # training rows too: they sit right next to thresholds
+
+# Small models keep each compile to a second or two; the code paths are the same as large.
+PARAMS = {
+    "DecisionTree": {},
+    "RandomForest": {"n_estimators": 10, "max_depth": 8},
+    "ExtraTrees": {"n_estimators": 10, "max_depth": 8},
+    "GradientBoosting": {"max_iter": 20},
+    "XGBoost": {"n_estimators": 20},
+    "LightGBM": {"n_estimators": 20},
+}
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("family_name", list(PARAMS))
+async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
+    family = FAMILIES[family_name]
+    model_type, y = TARGETS[target]
+    model = family.loads(family.dumps(family.fit(X, y, model_type, PARAMS[family_name])),
+                         model_type)
+    expected = np.asarray(family.predict(model, model_type, ROWS))
+    predict = family.predictor(model, model_type)
+    compiler = TreeCompiler(tmp_path)
+    try:
+        native = await compiler.compile(predict.ensemble, ROWS.shape[1])
+    finally:
+        await compiler.close()
+    assert isinstance(native, NativeTrees)
+    predict.ensemble.use_native(native)
+    got = np.array([predict(ROWS[i : i + 1]) for i in range(len(ROWS))])
+    if model_type == "class":
+        assert (got == expected).all(), f"{(got != expected).sum()} rows differ"
+    else:
+        # XGBoost sums its leaves in float32, the compiled code in float64
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert len(list(tmp_path.glob("*.so"))) == 1
+
+
+async def test_a_compiler_that_fails_leaves_the_model_on_its_own_path(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "gcc"
+    fake.write_text("#!/bin/sh\necho 'gcc: fatal error: the disk is on fire' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    family = FAMILIES["DecisionTree"]
+    model = family.fit(X, TARGETS["reg"][1], "reg", {})
+    predict = family.predictor(model, "reg")
+    compiler = TreeCompiler(tmp_path / "compiled")
+    try:
+        assert await compiler.compile(predict.ensemble, X.shape[1]) is None
+        # remembered: the same trees are not compiled again and again
+        assert await compiler.compile(predict.ensemble, X.shape[1]) is None
+    finally:
+        await compiler.close()
+    assert not predict.ensemble.native
+    assert predict(ROWS[:1]) == pytest.approx(model.predict(ROWS[:1])[0])
+    assert list((tmp_path / "compiled").glob("*.so")) == []
+
+
+async def test_without_gcc_nothing_is_compiled(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gcc there
+    family = FAMILIES["DecisionTree"]
+    predict = family.predictor(family.fit(X, TARGETS["reg"][1], "reg", {}), "reg")
+    compiler = TreeCompiler(tmp_path / "compiled")
+    assert compiler.unavailable == "gcc is not on the PATH"
+    assert await compiler.compile(predict.ensemble, X.shape[1]) is None
+    await compiler.close()
+
+
+def _wait_for(condition, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s")
+
+
+async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
+    tmp_path, servers
+):
+    config = write_config(tmp_path, server={"compile_trees": True})
+    run_cli(config, "accounts", "create", "trader@example.com")
+    key = run_cli(config, "keys", "create", "--account",
+                  "trader@example.com").stdout.strip().splitlines()[-1]
+    workspace = Workspace(tmp_path, config, key, write_prices(tmp_path / "prices.csv"))
+    for family, model_type in (("DecisionTree", "class"), ("XGBoost", "reg")):
+        workspace.train(family, model_type, "compiled", "--param", "n_estimators=30"
+                        if family == "XGBoost" else "random_state=0")
+    frames = [
+        {"strat_name": "compiled", "model_name": family, "model_type": model_type,
+         "DataPoints": [{"point1": p1, "point2": p2}, {"point1": p2, "point2": p1}]}
+        for family, model_type in (("DecisionTree", "class"), ("XGBoost", "reg"))
+        for p1, p2 in ((0.1, -0.3), (1.5, 0.2), (-2.0, 0.7))
+    ]
+
+    async def predictions(server):
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, key)
+            answers = [await ask(ws, frame) for frame in frames]
+            await ws.close()
+        return [answer["prediction"] for answer in answers]
+
+    server = servers(config)
+    before = await predictions(server)  # the first requests load the models
+    _wait_for(lambda: len(server.events("compiler.finished")) == 2)
+
+    def native():
+        return [e["family"] for e in server.events("model.loaded") if e["native"]]
+
+    _wait_for(lambda: len(native()) == 2)  # re-measured once compiled: no batching needed
+    assert sorted(native()) == ["DecisionTree", "XGBoost"]
+    after = await predictions(server)
+    assert after[:3] == before[:3]  # classes: exactly
+    assert after[3:] == pytest.approx(before[3:], rel=1e-9)
+    assert len(list((tmp_path / "data" / "compiled").glob("*.so"))) == 2
+    server.terminate()
+    server.log_path.unlink()  # the restarted server logs to the same file
+
+    restarted = servers(config)
+    again = await predictions(restarted)
+    assert again[:3] == after[:3] and again[3:] == pytest.approx(after[3:], rel=1e-9)
+    loaded = restarted.events("model.loaded")
+    assert len(loaded) == 2 and all(e["native"] for e in loaded)  # native from the start
+    assert restarted.events("compiler.started") == []
