@@ -62,10 +62,18 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float = 60) ->
 
 
 def rss_mib(pid: int) -> float:
+    """The resident memory of a process and its descendants (``--workers``: all of them)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += rss_mib(int(child))
+            except OSError:  # it just exited
+                pass
+    return total
 
 
 def loadgen(*args: str) -> dict:
@@ -210,6 +218,8 @@ def main() -> None:
     parser.add_argument("--no-batching", action="store_true", help="serve without micro-batching")
     parser.add_argument("--no-compile", action="store_true",
                         help="serve tree models without compiling them to native code")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (nember serve --workers)")
     parser.add_argument("--uvloop", action="store_true",
                         help="run Nember and the echo floor on uvloop")
     args = parser.parse_args()
@@ -228,6 +238,7 @@ def main() -> None:
             f"  micro_batching: {'false' if args.no_batching else 'true'}\n"
             f"  event_loop: {'uvloop' if args.uvloop else 'asyncio'}\n"
             f"  compile_trees: {'false' if args.no_compile else 'true'}\n"
+            f"  workers: {args.workers}\n"
         )
         print("preparing (training every family)...", file=sys.stderr, flush=True)
         key, costs = asyncio.run(prepare(config, folder, families, not args.no_compile))
@@ -238,6 +249,7 @@ def main() -> None:
         try:
             wait_listening(echo_port, echo)
             wait_listening(port, server)
+            time.sleep(2 if args.workers > 1 else 0)  # the other workers' start-up
             echo_url, url = f"ws://127.0.0.1:{echo_port}/ws", f"ws://127.0.0.1:{port}/ws"
             results = {"floor": measure(echo_url, key, frame("DecisionTree", "class"),
                                         args.seconds, "echo floor")}
@@ -257,7 +269,8 @@ def main() -> None:
     report = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
-        "seconds_per_level": args.seconds, "results": results, "in_process": costs,
+        "seconds_per_level": args.seconds, "workers": args.workers, "results": results,
+        "in_process": costs,
         "memory_mib": memory, "echo_memory_mib": memory_echo,
         "took_seconds": round(time.monotonic() - started, 1),
     }

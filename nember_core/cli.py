@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     for command in (demo, serve):
         command.add_argument("--host", help="listen address (overrides server.host)")
         command.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes sharing the port (overrides server.workers)")
 
     accounts = sub.add_parser("accounts", parents=[common], help="manage accounts")
     accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -89,9 +91,19 @@ def _run(args: argparse.Namespace) -> int:
     nember = Nember.load(getattr(args, "config", None))
     configure(nember.config.log.level, nember.config.log.format)
     if args.command == "serve":
-        from .server import serve
+        workers = nember.config.server.workers if args.workers is None else args.workers
+        if workers < 1:
+            raise NemberError("--workers: expected an integer >= 1")
+        if workers == 1:
+            from .server import serve
 
-        serve(nember, args.host, args.port)
+            serve(nember, args.host, args.port)
+        else:
+            from .supervisor import supervise
+
+            server = nember.config.server
+            supervise(nember.config, args.host or server.host,
+                      server.port if args.port is None else args.port, workers)
         return 0
     if args.command == "demo":
         from .demo import run_demo

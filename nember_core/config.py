@@ -54,6 +54,7 @@ class ServerConfig:
     compile_trees: bool = True  # compile tree models to native code (TL2cgen, gcc) when loaded
     max_upload_size: int = 64 * 1024 * 1024  # bytes of CSV per training upload (REST API)
     training_workers: int = 1  # processes that train models for the REST API
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT); one per core
 
 
 @attrs.frozen
@@ -103,7 +104,7 @@ ROLES = {
     "key_store": ("nember_key_stores", "sqlite"),
     "billing": ("nember_billing_ledgers", "sqlite"),
     "model_store": ("nember_model_stores", "local_disk"),
-    "connection_registry": ("nember_connection_registries", "memory"),
+    "connection_registry": ("nember_connection_registries", "sqlite"),
 }
 TOP_LEVEL = {"data_dir", "server", "log", "dashboard", *ROLES}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -228,6 +229,7 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("event_loop", server.event_loop in ("asyncio", "uvloop"), "'asyncio' or 'uvloop'"),
         ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
+        ("workers", server.workers >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in checks:
         if not ok:
@@ -281,7 +283,10 @@ def _structure(tp: Any, value: Any, key: str, where: str, base: Path) -> Any:
         ]
         if missing:
             raise ConfigError(f"{where}: {key}.{missing[0]}: required key is missing")
-        return tp(**built)
+        try:
+            return tp(**built)
+        except ValueError as exc:  # the class's own validators (a plugin's options)
+            raise ConfigError(f"{where}: {key}: {exc}") from None
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key}: expected true or false, got {_kind(value)}")

@@ -140,6 +140,7 @@ class Gateway:
             account_id=conn.account_id,
             key_id=conn.key_id,
             remote=remote,
+            node=conn.node,
         )
         return conn, secret
 

@@ -3,7 +3,9 @@
 Training is CPU-bound and can take minutes, so it runs in worker processes: predictions on the
 event loop never stall while a model trains. Workers find model families the same way the
 server does (the entry-point group); they send progress back through a queue and return the
-trained model, which the server then stores through the configured model store.
+trained model, which the server then stores through the configured model store. Job states
+are written to a ``JobBoard`` too, so that every server process (``--workers``) can report
+them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import structlog
 
 from .credentials import new_id
 from .errors import NemberError, NotFound
+from .job_board import FLUSH_SECONDS, JobBoard
 from .records import ModelKey, utcnow
 from .worker_pool import spawn_pool
 
@@ -80,15 +83,18 @@ def _train_in_worker(spec: TrainingSpec):
 
 
 class TrainingJobs:
-    def __init__(self, model_store, workers: int = 1):
+    def __init__(self, model_store, board: JobBoard, workers: int = 1):
         self._store = model_store
+        self._board = board
         self._queue = multiprocessing.get_context("spawn").Queue()
         self._pool = spawn_pool(workers, _init_worker, (self._queue,))
         self._jobs: dict[str, TrainingJob] = {}
+        self._changed: set[str] = set()  # jobs whose state the board doesn't have yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader = threading.Thread(target=self._read_progress, daemon=True)
         self._reader.start()
         self._tasks: set[asyncio.Task] = set()
+        self._publisher: asyncio.Task | None = None
 
     def _read_progress(self) -> None:
         while True:
@@ -105,19 +111,43 @@ class TrainingJobs:
         job = self._jobs.get(job_id)
         if job is not None and job.state == "running":
             job.progress, job.stage = round(fraction, 3), stage
+            self._changed.add(job_id)
 
-    def get(self, account_id: str, job_id: str) -> TrainingJob:
-        job = self._jobs.get(job_id)
+    async def get(self, account_id: str, job_id: str) -> TrainingJob:
+        """A job of this process, or one another server process runs or ran."""
+        job = self._jobs.get(job_id) or await self._board.read(job_id, TrainingJob)
         if job is None or job.account_id != account_id:
             raise NotFound(f"no training job {job_id}")
         return job
 
-    def submit(self, spec_args: dict[str, Any], key: ModelKey, cleanup: Path | None) -> TrainingJob:
+    async def _publish_forever(self) -> None:
+        beat = 0
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            beat += 1
+            if beat % 10 == 0:  # and now and then the running ones: they are alive
+                self._changed.update(j.id for j in self._jobs.values() if j.finished_at is None)
+            try:
+                await self._publish()
+            except Exception as exc:  # a locked or full disk: the next turn tries again
+                log.error("training.publish_failed", error=str(exc))
+
+    async def _publish(self) -> None:
+        changed = [self._jobs[i] for i in self._changed if i in self._jobs]
+        self._changed.clear()
+        if changed:
+            await self._board.write(changed, KEEP_FINISHED)
+
+    async def submit(self, spec_args: dict[str, Any], key: ModelKey,
+                     cleanup: Path | None) -> TrainingJob:
         self._loop = asyncio.get_running_loop()
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_forever())
         job = TrainingJob(id=new_id("job"), account_id=key.account_id, key=key,
                           created_at=utcnow())
         self._forget_old()
         self._jobs[job.id] = job
+        await self._board.write([job], KEEP_FINISHED)  # any server process knows it from now
         spec = TrainingSpec(job_id=job.id, key=key, **spec_args)
         task = asyncio.create_task(self._run(job, spec, cleanup))
         self._tasks.add(task)
@@ -128,8 +158,10 @@ class TrainingJobs:
         loop = asyncio.get_running_loop()
         try:
             job.state, job.stage = "running", "starting"
+            self._changed.add(job.id)
             trained = await loop.run_in_executor(self._pool, _train_in_worker, spec)
             job.stage = "saving"
+            self._changed.add(job.id)
             meta = await self._store.save(trained.meta, trained.artifact)
             job.model_id, job.version = meta.id, meta.version
             job.state, job.progress, job.stage = "succeeded", 1.0, "trained"
@@ -138,10 +170,18 @@ class TrainingJobs:
         except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving
             log.error("training.failed", job_id=job.id, error=repr(exc))
             job.state, job.error = "failed", f"training failed unexpectedly: {exc}"
+        except asyncio.CancelledError:  # the server is stopping
+            job.state, job.error = "failed", "the server stopped while training; train again"
+            raise
         finally:
             job.finished_at = utcnow()
+            self._changed.add(job.id)
             if cleanup is not None:
                 cleanup.unlink(missing_ok=True)
+        try:  # the outcome at once: a poll reaching another server process must see it too
+            await self._board.write([job], KEEP_FINISHED)
+        except Exception as exc:  # the publisher's next turn tries again
+            log.error("training.publish_failed", error=str(exc))
         log.info("training.finished", job_id=job.id, state=job.state, family=job.key.family,
                  model_type=job.key.model_type, version=job.version)
 
@@ -154,8 +194,15 @@ class TrainingJobs:
             del self._jobs[job.id]
 
     async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._publish()  # the last states, stopped jobs included
+        except Exception as exc:
+            log.error("training.publish_failed", error=str(exc))
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self._queue.put(None)

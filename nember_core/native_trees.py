@@ -17,6 +17,7 @@ trees (~190,000 nodes) takes 15-20 s on two cores.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import tempfile
 from collections.abc import Sequence
@@ -88,11 +89,19 @@ def treelite_model(trees: Sequence[Tree], width: int, less_equal: bool):
 def build_library(trees: Sequence[Tree], width: int, less_equal: bool, path: str) -> None:
     """Compile the trees to the shared library ``path`` (written atomically). Runs in a
     worker process."""
+    target = Path(path)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        # Another server process (--workers) may be compiling the same trees: wait for it.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _build(trees, width, less_equal, target)
+
+
+def _build(trees: Sequence[Tree], width: int, less_equal: bool, target: Path) -> None:
     import tl2cgen
 
     model = treelite_model(trees, width, less_equal)
     nodes = sum(len(tree.left) for tree in trees)
-    target = Path(path)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
         library = Path(scratch) / target.name
         with _output_captured() as output:

@@ -14,6 +14,7 @@ from . import rest
 from .dashboard import routes as dashboard
 from .errors import ConfigError, NemberError
 from .gateway import Gateway
+from .job_board import JobBoard
 from .jobs import TrainingJobs
 from .model_cache import ModelCache
 from .services import Nember
@@ -30,37 +31,39 @@ def create_app(nember: Nember) -> web.Application:
     state: dict[str, object] = {}
 
     async def lifecycle(app: web.Application):
-        services = await nember.open()
-        server = nember.config.server
-        compiler = (
-            TreeCompiler(nember.config.data_dir / "compiled") if server.compile_trees else None
-        )
-        cache = ModelCache(
-            services.model_store,
-            nember.families,
-            batch_above_us=server.batch_above_us if server.micro_batching else None,
-            max_batch=server.max_batch,
-            compiler=compiler,
-        )
-        gateway = Gateway(nember.config, services, cache)
-        jobs = TrainingJobs(services.model_store, server.training_workers)
-        app[GATEWAY] = gateway
-        app[rest.API] = rest.ApiContext(nember=nember, services=services, jobs=jobs)
-        state["gateway"] = gateway
-        tasks = [
-            asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
-            asyncio.create_task(gateway.watch_revocations(server.revocation_check_interval)),
-        ]
-        yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await jobs.close()
-        if compiler is not None:
-            await compiler.close()
-        await services.close()
+        # Whatever opened before a failure is closed again: an SQLite connection left open
+        # keeps its thread, and the process, alive after the error.
+        async with contextlib.AsyncExitStack() as opened:
+            services = await nember.open()
+            opened.push_async_callback(services.close)
+            server = nember.config.server
+            compiler = None
+            if server.compile_trees:
+                compiler = TreeCompiler(nember.config.data_dir / "compiled")
+                opened.push_async_callback(compiler.close)
+            cache = ModelCache(
+                services.model_store,
+                nember.families,
+                batch_above_us=server.batch_above_us if server.micro_batching else None,
+                max_batch=server.max_batch,
+                compiler=compiler,
+            )
+            gateway = Gateway(nember.config, services, cache)
+            board = await JobBoard.open(nember.config.data_dir / "jobs.sqlite3")
+            opened.push_async_callback(board.close)
+            jobs = TrainingJobs(services.model_store, board, server.training_workers)
+            opened.push_async_callback(jobs.close)
+            app[GATEWAY] = gateway
+            app[rest.API] = rest.ApiContext(nember=nember, services=services, jobs=jobs)
+            state["gateway"] = gateway
+            for task in (
+                asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
+                asyncio.create_task(
+                    gateway.watch_revocations(server.revocation_check_interval)
+                ),
+            ):
+                opened.push_async_callback(_cancelled, task)
+            yield
 
     async def on_shutdown(app: web.Application) -> None:
         gateway = state.get("gateway")
@@ -77,6 +80,12 @@ def create_app(nember: Nember) -> web.Application:
     if nember.config.dashboard.enabled:
         dashboard.add_routes(app, nember.config.dashboard.login_attempts_per_minute)
     return app
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def ssl_context(nember: Nember) -> ssl.SSLContext | None:
@@ -124,8 +133,12 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     ready: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then drain connections (close code 1001) and return."""
+    """Serve until SIGINT/SIGTERM, then drain connections (close code 1001) and return.
+
+    ``reuse_port``: share the port with other processes (SO_REUSEPORT; ``--workers``).
+    """
     server = nember.config.server
     host = host or server.host
     port = server.port if port is None else port
@@ -135,7 +148,7 @@ def serve(
     url = f"{scheme}://{host}:{port}{WS_PATH}"
 
     def announce(_message: str) -> None:
-        log.info("server.listening", url=url)
+        log.info("server.listening", url=url, node=server.node or None)
         if ready is not None:
             ready(url)
 
@@ -147,6 +160,7 @@ def serve(
             port=port,
             ssl_context=context,
             shutdown_timeout=server.shutdown_timeout,
+            reuse_port=reuse_port or None,
             print=announce,
             access_log=None,
         )

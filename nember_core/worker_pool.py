@@ -29,14 +29,14 @@ def spawn_pool(workers: int, initializer: Callable[..., None] | None = None,
 
 
 def _init_worker(parent: int, nice: int, initializer, initargs) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     if nice:
         os.nice(nice)
     if initializer is not None:
         initializer(*initargs)
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """A server killed outright (SIGKILL) must not leave its workers behind."""
     if sys.platform.startswith("linux"):
         try:

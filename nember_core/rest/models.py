@@ -96,7 +96,7 @@ async def train_model(request: web.Request) -> web.Response:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    job = api.jobs.submit(spec, key, cleanup=path)
+    job = await api.jobs.submit(spec, key, cleanup=path)
     return web.json_response(job_json(job), status=202)
 
 
@@ -182,7 +182,7 @@ def job_json(job: TrainingJob) -> dict:
 
 async def get_job(request: web.Request) -> web.Response:
     me = await caller(request)
-    job = request.app[API].jobs.get(me.account_id, request.match_info["id"])
+    job = await request.app[API].jobs.get(me.account_id, request.match_info["id"])
     return web.json_response(job_json(job))
 
 

@@ -1,7 +1,8 @@
-"""The embedded default connection registry: this process's live connections, in memory.
+"""A connection registry of this process's live connections, in memory: no I/O at all.
 
-Enough for one node; a shared registry (Redis) lets several nodes enforce limits and close
-each other's connections.
+Enough for one server process; the default SQLite registry (``plugin: sqlite``) is shared by
+every process on the machine (``--workers``), and a networked one (Redis) would let several
+machines enforce limits and close each other's connections.
 """
 
 from __future__ import annotations

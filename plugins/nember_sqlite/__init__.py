@@ -1,4 +1,5 @@
-"""The embedded default key store and billing ledger, on SQLite files under ``data_dir``."""
+"""The embedded defaults on SQLite files under ``data_dir``: key store, billing ledger, and the
+connection registry that every server process on this machine shares."""
 
 from __future__ import annotations
 
@@ -11,11 +12,22 @@ from nember_core.interfaces import PluginContext, Provider
 
 from .billing import SqliteBillingLedger
 from .key_store import SqliteKeyStore
+from .registry import SqliteConnectionRegistry
 
 
 @attrs.frozen
 class SqliteOptions:
     path: Path | None = None  # default: a file in data_dir
+
+
+@attrs.frozen
+class RegistryOptions:
+    path: Path | None = None  # default: data_dir/connections.sqlite3
+    heartbeat: float = 1.0  # seconds between a node's heartbeats (and close-request checks)
+
+    def __attrs_post_init__(self):
+        if self.heartbeat <= 0:
+            raise ValueError("heartbeat: expected a number of seconds > 0")
 
 
 async def _key_store(options: SqliteOptions, context: PluginContext) -> SqliteKeyStore:
@@ -34,3 +46,14 @@ def nember_key_stores():
 @hookimpl
 def nember_billing_ledgers():
     return [Provider(name="sqlite", create=_ledger, options=SqliteOptions)]
+
+
+async def _registry(options: RegistryOptions, context: PluginContext) -> SqliteConnectionRegistry:
+    return await SqliteConnectionRegistry.open(
+        options.path or context.data_dir / "connections.sqlite3", context.node, options.heartbeat
+    )
+
+
+@hookimpl
+def nember_connection_registries():
+    return [Provider(name="sqlite", create=_registry, options=RegistryOptions)]

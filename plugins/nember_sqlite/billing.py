@@ -10,8 +10,7 @@ import aiosqlite
 
 from nember_core.errors import AlreadyExists
 from nember_core.records import Charge, ConnectionUsage, utcnow
-
-from .db import connect
+from nember_core.sqlite_db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (

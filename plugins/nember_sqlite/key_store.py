@@ -13,8 +13,7 @@ import aiosqlite
 from nember_core import credentials
 from nember_core.errors import AlreadyExists, NotFound
 from nember_core.records import Account, ApiKey, NewApiKey, utcnow
-
-from .db import connect
+from nember_core.sqlite_db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (

@@ -1,0 +1,136 @@
+"""``nember serve --workers N``: N server processes on one port, so every core serves.
+
+Each worker is a whole server (event loop, model cache, training pool) listening on the same
+address with SO_REUSEPORT, and the kernel spreads new connections over them. What workers
+must agree on lives in the configured stores, which they share: keys, billing, models, the
+connection registry (per-account limits, listing, closing) and training jobs. The in-memory
+registry can't be shared, so it is refused here.
+
+The supervisor starts the workers, passes SIGTERM and SIGINT on (each worker drains its
+connections with 1001, as a lone server does), and restarts a worker that dies once it has
+served; a worker that dies before it listens stops them all, since its siblings would fail
+the same way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.synchronize
+import os
+import signal
+import time
+
+import structlog
+
+from .errors import ConfigError, NemberError
+
+log = structlog.get_logger("nember.supervisor")
+
+UNSHARED_REGISTRIES = {"memory"}
+DRAIN_GRACE = 10.0  # seconds a worker may take past server.shutdown_timeout to exit
+
+
+def check_shareable(config, workers: int, port: int) -> None:
+    where = config.path or "<defaults>"
+    if port == 0:
+        raise ConfigError(f"{where}: server.port: {workers} workers need a fixed port, not 0")
+    plugin = config.connection_registry.plugin
+    if plugin in UNSHARED_REGISTRIES:
+        raise ConfigError(
+            f"{where}: connection_registry.plugin: {plugin!r} keeps each process's connections "
+            f"to itself; {workers} workers need a shared one such as 'sqlite' (the default)"
+        )
+
+
+def supervise(config, host: str, port: int, workers: int) -> None:
+    """Run ``workers`` server processes until SIGTERM/SIGINT, then wait for their drain."""
+    check_shareable(config, workers, port)
+    context = multiprocessing.get_context("spawn")
+    base = config.server.node or os.uname().nodename
+    running: dict[int, tuple[multiprocessing.Process, multiprocessing.synchronize.Event]] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        listening = context.Event()
+        process = context.Process(
+            target=_run_worker,
+            args=(str(config.path) if config.path else None, host, port, f"{base}/{index}",
+                  os.getpid(), listening),
+            name=f"nember-worker-{index}",
+        )
+        process.start()
+        running[index] = (process, listening)
+        log.info("supervisor.worker_started", worker=index, pid=process.pid)
+
+    def stop(signum=None, _frame=None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process, _ in running.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    for index in range(workers):
+        start(index)
+    log.info("supervisor.started", workers=workers, host=host, port=port)
+    failure = None
+    deadline = None  # once stopping: when stragglers are killed
+    while running:
+        if stopping and deadline is None:
+            deadline = time.monotonic() + config.server.shutdown_timeout + DRAIN_GRACE
+        by_sentinel = {process.sentinel: index for index, (process, _) in running.items()}
+        ready = multiprocessing.connection.wait(
+            list(by_sentinel), None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+        if not ready and deadline is not None:  # a worker stuck in its shutdown
+            for index, (process, _) in running.items():
+                log.error("supervisor.worker_killed", worker=index, pid=process.pid)
+                process.kill()
+            deadline = float("inf")
+            continue
+        for sentinel in ready:
+            index = by_sentinel[sentinel]
+            process, listening = running.pop(index)
+            process.join()
+            if stopping:
+                continue
+            log.error("supervisor.worker_exited", worker=index, code=process.exitcode)
+            if listening.is_set():
+                start(index)
+            else:
+                failure = f"worker {index} exited while starting (code {process.exitcode})"
+                stop()
+    log.info("supervisor.stopped")
+    if failure:
+        raise NemberError(f"{failure}; its error is in the log above")
+
+
+def _run_worker(config_file: str | None, host: str, port: int, node: str, parent: int,
+                listening) -> None:
+    """One worker: a whole server, named ``node`` in the connection registry."""
+    import attrs
+
+    from .logs import configure
+    from .server import serve
+    from .services import Nember
+    from .worker_pool import die_with_parent
+
+    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only, which passes it on once
+    die_with_parent(parent)
+    nember = Nember.load(config_file)
+    configure(nember.config.log.level, nember.config.log.format)
+    server = attrs.evolve(nember.config.server, node=node)
+    nember = attrs.evolve(nember, config=attrs.evolve(nember.config, server=server))
+    code = 1
+    try:
+        serve(nember, host, port, ready=lambda _url: listening.set(), reuse_port=True)
+        code = 0
+    except NemberError as exc:
+        log.error("worker.failed", node=node, error=str(exc))
+    finally:
+        # Served and drained: exit now, even if a library left a thread running (a
+        # half-opened SQLite connection when stopped while starting), which would hold
+        # the process, and its database locks, forever.
+        os._exit(code)

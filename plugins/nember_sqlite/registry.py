@@ -1,0 +1,244 @@
+"""A connection registry in SQLite, shared by every server process on this machine.
+
+``nember serve --workers N`` runs N processes behind one port, and several servers may share
+a ``data_dir``; each process is an instance here (its node name, shown in listings, plus a
+random id). An instance registers its connections (the per-account limit is counted across
+all instances in one transaction), lists everyone's, and closes another's connection by
+leaving a request that instance picks up within one heartbeat. Each instance writes a
+heartbeat and its connections' counters every ``heartbeat`` seconds; one silent for
+``STALE_AFTER`` heartbeats (killed outright) is forgotten with its connections.
+
+The file holds only live state, so it is written without fsync: after a power loss there
+are no live connections to remember anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+import attrs
+import structlog
+
+from nember_core.sqlite_db import connect
+
+log = structlog.get_logger("nember.registry")
+
+STALE_AFTER = 5  # heartbeats
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    instance TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS connections (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    node TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    predictions INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    last_request_at REAL
+);
+CREATE INDEX IF NOT EXISTS connections_account ON connections(account_id);
+CREATE INDEX IF NOT EXISTS connections_instance ON connections(instance);
+CREATE TABLE IF NOT EXISTS close_requests (
+    connection_id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@attrs.frozen
+class RemoteConnection:
+    """Another node's connection, as of that node's last heartbeat."""
+
+    id: str
+    node: str
+    account_id: str
+    key_id: str
+    key_name: str
+    remote: str
+    opened_at: datetime
+    predictions: int
+    errors: int
+    last_request_at: float | None
+
+
+class SqliteConnectionRegistry:
+    def __init__(self, db: aiosqlite.Connection, node: str, heartbeat: float):
+        self._db = db
+        self._node = node
+        self._instance = f"{node}:{secrets.token_hex(6)}"
+        self._heartbeat = heartbeat
+        self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._local: dict[str, object] = {}  # this node's connections (LiveConnection)
+        self._reported: dict[str, tuple] = {}  # their counters as last written
+        self._closing: set[asyncio.Task] = set()
+        self._beating: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, path: Path, node: str, heartbeat: float = 1.0):
+        registry = cls(await connect(path, SCHEMA, durable=False), node, heartbeat)
+        try:
+            await registry._db.execute(
+                "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
+                (registry._instance, time.time()),
+            )
+            await registry._db.commit()
+        except BaseException:
+            await registry._db.close()  # its thread would keep the process alive
+            raise
+        registry._beating = asyncio.create_task(registry._beat_forever())
+        return registry
+
+    def _alive_since(self) -> float:
+        return time.time() - STALE_AFTER * self._heartbeat
+
+    async def add(self, conn, limit: int) -> bool:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")  # the count and the insert, atomically
+            try:
+                cursor = await self._db.execute(
+                    "SELECT COUNT(*) FROM connections JOIN instances USING (instance) "
+                    "WHERE account_id = ? AND seen_at >= ?",
+                    (conn.account_id, self._alive_since()),
+                )
+                (count,) = await cursor.fetchone()
+                if count >= limit:
+                    await self._db.rollback()
+                    return False
+                await self._db.execute(
+                    "INSERT INTO connections (id, instance, node, account_id, key_id, key_name, "
+                    "remote, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
+                     conn.key_name, conn.remote, conn.opened_at.isoformat()),
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        self._local[conn.id] = conn
+        return True
+
+    async def remove(self, conn) -> None:
+        self._local.pop(conn.id, None)
+        self._reported.pop(conn.id, None)
+        async with self._lock:
+            await self._db.execute("DELETE FROM connections WHERE id = ?", (conn.id,))
+            await self._db.execute("DELETE FROM close_requests WHERE connection_id = ?",
+                                   (conn.id,))
+            await self._db.commit()
+
+    async def list(self, account_id: str) -> list:
+        async with self._lock:
+            cursor = await self._db.execute(
+                "SELECT id, node, account_id, key_id, key_name, remote, opened_at, predictions, "
+                "errors, last_request_at FROM connections JOIN instances USING (instance) "
+                "WHERE account_id = ? AND seen_at >= ?",
+                (account_id, self._alive_since()),
+            )
+            rows = await cursor.fetchall()
+        found = []
+        for row in rows:
+            local = self._local.get(row[0])
+            if local is not None:  # this node's own: its counters are current
+                found.append(local)
+            else:
+                found.append(RemoteConnection(*row[:6], datetime.fromisoformat(row[6]),
+                                              *row[7:]))
+        return found
+
+    async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
+        if connection_id in self._local:
+            self._start_closing(self._local[connection_id], code, reason)
+            return True
+        async with self._lock:
+            cursor = await self._db.execute(
+                "SELECT instance FROM connections JOIN instances USING (instance) "
+                "WHERE id = ? AND seen_at >= ?",
+                (connection_id, self._alive_since()),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            await self._db.execute(
+                "INSERT OR REPLACE INTO close_requests (connection_id, instance, code, reason) "
+                "VALUES (?, ?, ?, ?)",
+                (connection_id, row[0], code, reason),
+            )
+            await self._db.commit()
+        return True
+
+    def _start_closing(self, conn, code: int, reason: str) -> None:
+        # Start the close handshake and return: a slow peer must not hold up the caller.
+        task = asyncio.create_task(conn.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._beat()
+            except Exception as exc:  # a locked or full disk: try again next beat
+                log.error("registry.heartbeat_failed", error=str(exc))
+
+    async def _beat(self) -> None:
+        """Say this instance is alive, publish its counters, act on close requests, forget
+        the instances that stopped beating."""
+        changed = []
+        for conn_id, conn in list(self._local.items()):
+            counters = (conn.predictions, conn.errors, conn.last_request_at)
+            if self._reported.get(conn_id) != counters:
+                self._reported[conn_id] = counters
+                changed.append((*counters, conn_id))
+        async with self._lock:
+            now = time.time()
+            await self._db.execute(
+                "INSERT OR REPLACE INTO instances (instance, seen_at) VALUES (?, ?)",
+                (self._instance, now),
+            )
+            if changed:
+                await self._db.executemany(
+                    "UPDATE connections SET predictions = ?, errors = ?, last_request_at = ? "
+                    "WHERE id = ?", changed,
+                )
+            cursor = await self._db.execute(
+                "DELETE FROM close_requests WHERE instance = ? "
+                "RETURNING connection_id, code, reason",
+                (self._instance,),
+            )
+            requests = await cursor.fetchall()
+            await self._forget("seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
+            await self._db.commit()
+        for conn_id, code, reason in requests:
+            conn = self._local.get(conn_id)
+            if conn is not None:
+                self._start_closing(conn, code, reason)
+
+    async def _forget(self, where: str, args: tuple) -> None:
+        """Delete the matching instances with their connections and requests (inside the
+        lock)."""
+        gone = f"SELECT instance FROM instances WHERE {where}"
+        await self._db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
+        await self._db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
+        await self._db.execute(f"DELETE FROM instances WHERE {where}", args)
+
+    async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+        async with self._lock:
+            await self._forget("instance = ?", (self._instance,))
+            await self._db.commit()
+        await self._db.close()
