@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,11 @@ def _train_in_worker(spec: TrainingSpec):
 
 
 class TrainingJobs:
-    def __init__(self, model_store, board: JobBoard, workers: int = 1):
+    def __init__(self, model_store, board: JobBoard, workers: int = 1,
+                 on_saved: Callable[[ModelKey], None] | None = None):
         self._store = model_store
         self._board = board
+        self._on_saved = on_saved  # told of each model stored (the cache loads it at once)
         self._queue = multiprocessing.get_context("spawn").Queue()
         self._pool = spawn_pool(workers, _init_worker, (self._queue,))
         self._jobs: dict[str, TrainingJob] = {}
@@ -165,6 +168,8 @@ class TrainingJobs:
             meta = await self._store.save(trained.meta, trained.artifact)
             job.model_id, job.version = meta.id, meta.version
             job.state, job.progress, job.stage = "succeeded", 1.0, "trained"
+            if self._on_saved is not None:
+                self._on_saved(job.key)
         except NemberError as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving
@@ -205,7 +210,9 @@ class TrainingJobs:
             log.error("training.publish_failed", error=str(exc))
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
-            self._queue.put(None)
+            self._queue.put(None)  # the reader's signal to stop...
         except (OSError, ValueError):
             pass
+        else:  # ...which it must have read before the queue closes under it
+            await asyncio.to_thread(self._reader.join, 5)
         self._queue.close()

@@ -85,7 +85,7 @@ class ModelCache:
         self._compiler = compiler  # None: trees are never compiled
         self._entries: dict[ModelKey, LoadedModel | None] = {}
         self._loading: dict[ModelKey, asyncio.Future] = {}
-        self._compiling: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()  # prefetches and compiles
         self._generation: str | None = None
 
     def get(self, key: ModelKey):
@@ -151,8 +151,8 @@ class ModelCache:
         entry = self._entry(meta, predictor, batch)
         if compile_later:
             task = asyncio.create_task(self._compile(meta.key, entry, ensemble, width))
-            self._compiling.add(task)
-            task.add_done_callback(self._compiling.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return entry
 
     def _entry(self, meta: ModelMeta, predictor: RowPredictor, batch) -> LoadedModel:
@@ -177,8 +177,20 @@ class ModelCache:
         )
         return LoadedModel(meta, predictor, batcher, batch)
 
+    def prefetch(self, key: ModelKey) -> None:
+        """Load a model nobody asked for yet (one just trained): its trees start compiling
+        now, not at the first request. Versions already cached are reloaded by ``refresh``."""
+        if key not in self._entries and key not in self._loading:
+            task = asyncio.create_task(self.load(key))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def _compile(self, key: ModelKey, entry: LoadedModel, ensemble, width: int) -> None:
-        native = await self._compiler.compile(ensemble, width)
+        try:
+            native = await self._compiler.compile(ensemble, width)
+        except Exception as exc:  # never worse than not compiling
+            log.error("model.compile_failed", family=key.family, error=repr(exc))
+            return
         if native is None:
             return
         ensemble.use_native(native)
@@ -186,9 +198,9 @@ class ModelCache:
             self._entries[key] = self._entry(entry.meta, entry.predictor, entry.batch_rows)
 
     async def wait_compiled(self) -> None:
-        """Until every compile started so far has finished (benchmarks, tests)."""
-        while self._compiling:
-            await asyncio.gather(*self._compiling, return_exceptions=True)
+        """Until every prefetch and compile started so far has finished (benchmarks)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def refresh(self) -> None:
         """Reload every cached key whose newest version changed since the last look."""

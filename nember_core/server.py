@@ -51,7 +51,8 @@ def create_app(nember: Nember) -> web.Application:
             gateway = Gateway(nember.config, services, cache)
             board = await JobBoard.open(nember.config.data_dir / "jobs.sqlite3")
             opened.push_async_callback(board.close)
-            jobs = TrainingJobs(services.model_store, board, server.training_workers)
+            jobs = TrainingJobs(services.model_store, board, server.training_workers,
+                                on_saved=cache.prefetch)
             opened.push_async_callback(jobs.close)
             app[GATEWAY] = gateway
             app[rest.API] = rest.ApiContext(nember=nember, services=services, jobs=jobs)

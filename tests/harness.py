@@ -32,6 +32,17 @@ def require_service(missing: str | None) -> None:
     pytest.skip(missing, allow_module_level=True)
 
 
+def wait_until(condition, timeout: float = 60.0, what: str = "the condition"):
+    """Poll ``condition`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout}s")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

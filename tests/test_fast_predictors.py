@@ -13,16 +13,10 @@ from nember_core.plugin_manager import plugin_manager
 from nember_core.services import collect_families
 from nember_core.tree_ensemble import Tree, TreeEnsemble
 
+from .synthetic import dataset
+
 FAMILIES = collect_families(plugin_manager())
-RNG = np.random.default_rng(42)
-X = RNG.normal(size=(1500, 5))
-TARGETS = {
-    "binary": ("class", (X[:, 0] + 0.5 * RNG.normal(size=1500) > 0).astype(np.int64)),
-    "multiclass": ("class", np.digitize(X[:, 0] + X[:, 1], [-1.0, 0.0, 1.0]).astype(np.int64)),
-    "reg": ("reg", 3 * X[:, 0] + X[:, 1] ** 2 + 0.1 * RNG.normal(size=1500)),
-}
-ROWS = RNG.normal(size=(2000, 5)) * 1.5
-ROWS[:50] = np.round(X[:50], 1)  # rows on (rounded) training values too: near thresholds
+X, TARGETS, ROWS = dataset(42)
 
 PARAMS = {
     "XGBoost": [{}, {"max_depth": 10, "n_estimators": 200},

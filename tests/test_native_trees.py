@@ -7,8 +7,8 @@ tolerance. Then what happens when compiling can't: the model keeps its own path.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 
 import aiohttp
 import numpy as np
@@ -19,20 +19,20 @@ from nember_core.plugin_manager import plugin_manager
 from nember_core.services import collect_families
 from nember_core.tree_compiler import TreeCompiler, unavailable_reason
 
-from .harness import Workspace, require_service, run_cli, write_config, write_prices
+from .harness import (
+    Workspace,
+    require_service,
+    run_cli,
+    wait_until,
+    write_config,
+    write_prices,
+)
 from .helpers import ask, authed
+from .synthetic import dataset
 
 require_service(unavailable_reason())
 FAMILIES = collect_families(plugin_manager())
-RNG = np.random.default_rng(7)
-X = RNG.normal(size=(1500, 5))
-TARGETS = {
-    "binary": ("class", (X[:, 0] + 0.5 * RNG.normal(size=1500) > 0).astype(np.int64)),
-    "multiclass": ("class", np.digitize(X[:, 0] + X[:, 1], [-1.0, 0.0, 1.0]).astype(np.int64)),
-    "reg": ("reg", 3 * X[:, 0] + X[:, 1] ** 2 + 0.1 * RNG.normal(size=1500)),
-}
-ROWS = RNG.normal(size=(2000, 5)) * 1.5
-ROWS[:100] = X[:100]  # training rows too: they sit right next to thresholds
+X, TARGETS, ROWS = dataset(7)
 
 # Small models keep each compile to a second or two; the code paths are the same as large.
 PARAMS = {
@@ -101,16 +101,6 @@ async def test_without_gcc_nothing_is_compiled(tmp_path, monkeypatch):
     await compiler.close()
 
 
-def _wait_for(condition, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout}s")
-
-
 async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
     tmp_path, servers
 ):
@@ -138,12 +128,12 @@ async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
 
     server = servers(config)
     before = await predictions(server)  # the first requests load the models
-    _wait_for(lambda: len(server.events("compiler.finished")) == 2)
+    wait_until(lambda: len(server.events("compiler.finished")) == 2, 90, "two compiled models")
 
     def native():
         return [e["family"] for e in server.events("model.loaded") if e["native"]]
 
-    _wait_for(lambda: len(native()) == 2)  # re-measured once compiled: no batching needed
+    wait_until(lambda: len(native()) == 2, what="both models re-measured as compiled")
     assert sorted(native()) == ["DecisionTree", "XGBoost"]
     after = await predictions(server)
     assert after[:3] == before[:3]  # classes: exactly
@@ -158,3 +148,37 @@ async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
     loaded = restarted.events("model.loaded")
     assert len(loaded) == 2 and all(e["native"] for e in loaded)  # native from the start
     assert restarted.events("compiler.started") == []
+
+
+async def test_a_model_trained_through_the_api_is_compiled_before_anyone_asks(
+    tmp_path, servers
+):
+    config = write_config(tmp_path, server={"compile_trees": True})
+    run_cli(config, "accounts", "create", "trader@example.com")
+    key = run_cli(config, "keys", "create", "--account",
+                  "trader@example.com").stdout.strip().splitlines()[-1]
+    server = servers(config)
+    form = aiohttp.FormData()
+    form.add_field("data", write_prices(tmp_path / "prices.csv").read_bytes(),
+                   filename="prices.csv", content_type="text/csv")
+    for name, value in {"strat": "fresh", "model": "ExtraTrees", "type": "reg",
+                        "target": "move", "window": "2", "features": "point1,point2",
+                        "params": '{"n_estimators": 20}'}.items():
+        form.add_field(name, value)
+    base = f"http://127.0.0.1:{server.port}/api"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        async with session.post(f"{base}/models", data=form) as response:
+            assert response.status == 202, await response.text()
+            job = await response.json()
+        for _ in range(300):
+            async with session.get(f"{base}/jobs/{job['id']}") as response:
+                job = await response.json()
+            if job["state"] != "running" and job["state"] != "queued":
+                break
+            await asyncio.sleep(0.1)
+    assert job["state"] == "succeeded", job
+    wait_until(lambda: server.events("compiler.finished"), 90, "a compiled model")
+    native = wait_until(lambda: [e for e in server.events("model.loaded") if e["native"]],
+                        what="the model re-measured as compiled")
+    assert [(e["strat"], e["family"]) for e in native] == [("fresh", "ExtraTrees")]
+    assert server.events("connection.open") == []  # nobody asked for a prediction

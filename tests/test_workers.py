@@ -12,13 +12,12 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .harness import PASSWORD, Server, run_cli, write_config
+from .harness import PASSWORD, Server, run_cli, wait_until, write_config
 from .helpers import ask, authed
 
 FRAME = {"strat_name": "example_strategy", "model_name": "DecisionTree", "model_type": "class",
@@ -45,7 +44,7 @@ def workers(trained, tmp_path, monkeypatch):
                           connection_registry={"plugin": "sqlite", "heartbeat": 0.2})
     supervisor = Workers(config)
     try:
-        _wait(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
+        wait_until(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
         yield supervisor
     finally:
         _stop(supervisor)
@@ -63,16 +62,6 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
-
-
-def _wait(condition, timeout: float = 30.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout}s")
 
 
 async def _api(port: int, key: str, method: str, path: str, **kwargs):
@@ -120,7 +109,7 @@ async def test_the_connection_limit_counts_every_worker(trained, tmp_path):
                           data_dir=trained.data_dir)
     supervisor = Workers(config)
     try:
-        _wait(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
+        wait_until(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
         async with aiohttp.ClientSession() as session:
             held = [await authed(session, supervisor.url, trained.key) for _ in range(3)]
             for _ in range(4):  # on either worker, the fourth is refused
@@ -175,9 +164,10 @@ async def test_sigterm_drains_both_workers_with_1001(workers, trained):
 async def test_a_worker_that_dies_is_replaced(workers, trained):
     victim = workers.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    _wait(lambda: len(workers.worker_pids()) == 2 and victim not in workers.worker_pids(),
-          what="a replacement worker")
-    _wait(lambda: len(workers.events("server.listening")) == 3, what="the replacement listening")
+    wait_until(lambda: len(workers.worker_pids()) == 2 and victim not in workers.worker_pids(),
+               what="a replacement worker")
+    wait_until(lambda: len(workers.events("server.listening")) == 3,
+               what="the replacement listening")
     async with aiohttp.ClientSession() as session:
         for _ in range(6):
             ws = await authed(session, workers.url, trained.key)
