@@ -42,6 +42,14 @@ LEVELS = (16, 64, 256)
 POINTS = [{"point1": 3.1, "point2": -2.0}, {"point1": 1.2, "point2": 0.4}]
 
 
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stderr, with the seconds since the start."""
+    print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,13 +129,13 @@ async def prepare(config: Path, folder: Path, families: list[str],
         names = [(family, model_type, target) for family in families
                  for model_type, target in (("class", "direction"), ("reg", "next_return"))]
         for family, model_type, target in names:
-            print(f"  training {family} {model_type}", file=sys.stderr, flush=True)
+            say(f"  training {family} {model_type}")
             await commands.train_model(nember, services, account.email, "bench", family,
                                        model_type, prices, target, window=2,
                                        features=["point1", "point2"])
             # Loading starts compiling its trees in the background, while the next trains.
             await cache.load(ModelKey(account.id, "bench", family, model_type))
-        print("  waiting for the compiler", file=sys.stderr, flush=True)
+        say("  waiting for the compiler")
         await cache.wait_compiled()
         costs = {}
         for family, model_type, _ in names:
@@ -174,12 +182,12 @@ def _time_per_call(call, calls: int = 2000, rounds: int = 5) -> float:
 # --- the run -----------------------------------------------------------------------------
 
 def sequential(url: str, key: str, text: str) -> dict:
-    return loadgen("latency", url, key, text, "--requests", "5000", "--warmup", "1000")
+    return loadgen("latency", url, key, text, "--requests", "4000", "--warmup", "1000")
 
 
 def measure(url: str, key: str, text: str, seconds: float, label: str,
             floor_url: str | None = None) -> dict:
-    print(f"  measuring {label}", file=sys.stderr, flush=True)
+    say(f"  measuring {label}")
     result = {}
     if floor_url:  # the floor again, right before: this machine's speed drifts over a run
         result["floor_sequential"] = sequential(floor_url, key, frame("DecisionTree", "class"))
@@ -193,7 +201,7 @@ def measure(url: str, key: str, text: str, seconds: float, label: str,
 def idle_memory(url: str, key: str, pid: int, counts: list[int]) -> dict:
     memory = {"0": rss_mib(pid)}
     for count in counts:
-        print(f"  holding {count} idle connections", file=sys.stderr, flush=True)
+        say(f"  holding {count} idle connections")
         holder = subprocess.Popen(
             [sys.executable, str(HERE / "loadgen.py"), "idle", url, key,
              "--connections", str(count)],
@@ -212,7 +220,7 @@ def idle_memory(url: str, key: str, pid: int, counts: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput level")
+    parser.add_argument("--seconds", type=float, default=1.5, help="per throughput level")
     parser.add_argument("--idle", default="1000,10000", help="idle connection counts ('' skips)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--no-batching", action="store_true", help="serve without micro-batching")
@@ -240,7 +248,7 @@ def main() -> None:
             f"  compile_trees: {'false' if args.no_compile else 'true'}\n"
             f"  workers: {args.workers}\n"
         )
-        print("preparing (training every family)...", file=sys.stderr, flush=True)
+        say("preparing (training every family)...")
         key, costs = asyncio.run(prepare(config, folder, families, not args.no_compile))
 
         echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port),

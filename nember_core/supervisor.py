@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.synchronize
 import os
 import signal
 import time
+from multiprocessing.connection import Connection
 
 import structlog
 
@@ -28,6 +28,7 @@ from .errors import ConfigError, NemberError
 log = structlog.get_logger("nember.supervisor")
 
 UNSHARED_REGISTRIES = {"memory"}
+RESTART_DELAY = 1.0  # seconds before a worker that died is replaced
 DRAIN_GRACE = 10.0  # seconds a worker may take past server.shutdown_timeout to exit
 
 
@@ -48,18 +49,20 @@ def supervise(config, host: str, port: int, workers: int) -> None:
     check_shareable(config, workers, port)
     context = multiprocessing.get_context("spawn")
     base = config.server.node or os.uname().nodename
-    running: dict[int, tuple[multiprocessing.Process, multiprocessing.synchronize.Event]] = {}
+    # Each worker, and the end of a pipe it writes to once it listens.
+    running: dict[int, tuple[multiprocessing.Process, Connection]] = {}
     stopping = False
 
     def start(index: int) -> None:
-        listening = context.Event()
+        listening, tell = context.Pipe(duplex=False)
         process = context.Process(
             target=_run_worker,
             args=(str(config.path) if config.path else None, host, port, f"{base}/{index}",
-                  os.getpid(), listening),
+                  os.getpid(), tell),
             name=f"nember-worker-{index}",
         )
         process.start()
+        tell.close()  # the worker's end now
         running[index] = (process, listening)
         log.info("supervisor.worker_started", worker=index, pid=process.pid)
 
@@ -77,28 +80,32 @@ def supervise(config, host: str, port: int, workers: int) -> None:
     log.info("supervisor.started", workers=workers, host=host, port=port)
     failure = None
     deadline = None  # once stopping: when stragglers are killed
+    killed = False
     while running:
         if stopping and deadline is None:
             deadline = time.monotonic() + config.server.shutdown_timeout + DRAIN_GRACE
+        timeout = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
         by_sentinel = {process.sentinel: index for index, (process, _) in running.items()}
-        ready = multiprocessing.connection.wait(
-            list(by_sentinel), None if deadline is None else max(0.0, deadline - time.monotonic())
-        )
-        if not ready and deadline is not None:  # a worker stuck in its shutdown
+        ready = multiprocessing.connection.wait(list(by_sentinel), timeout)
+        if not ready:  # past the deadline: a worker is stuck in its shutdown
             for index, (process, _) in running.items():
                 log.error("supervisor.worker_killed", worker=index, pid=process.pid)
                 process.kill()
-            deadline = float("inf")
+            killed = True
             continue
         for sentinel in ready:
             index = by_sentinel[sentinel]
             process, listening = running.pop(index)
             process.join()
+            served = _listened(listening)
+            listening.close()
             if stopping:
                 continue
             log.error("supervisor.worker_exited", worker=index, code=process.exitcode)
-            if listening.is_set():
-                start(index)
+            if served:
+                time.sleep(RESTART_DELAY)  # a worker that keeps dying must not spin
+                if not stopping:
+                    start(index)
             else:
                 failure = f"worker {index} exited while starting (code {process.exitcode})"
                 stop()
@@ -107,8 +114,16 @@ def supervise(config, host: str, port: int, workers: int) -> None:
         raise NemberError(f"{failure}; its error is in the log above")
 
 
+def _listened(listening: Connection) -> bool:
+    """Did the worker say it listens? (A dead worker's pipe reads as end-of-file.)"""
+    try:
+        return listening.poll() and listening.recv_bytes() == b"listening"
+    except EOFError:
+        return False
+
+
 def _run_worker(config_file: str | None, host: str, port: int, node: str, parent: int,
-                listening) -> None:
+                tell: Connection) -> None:
     """One worker: a whole server, named ``node`` in the connection registry."""
     import attrs
 
@@ -125,7 +140,8 @@ def _run_worker(config_file: str | None, host: str, port: int, node: str, parent
     nember = attrs.evolve(nember, config=attrs.evolve(nember.config, server=server))
     code = 1
     try:
-        serve(nember, host, port, ready=lambda _url: listening.set(), reuse_port=True)
+        serve(nember, host, port, ready=lambda _url: tell.send_bytes(b"listening"),
+              reuse_port=True)
         code = 0
     except NemberError as exc:
         log.error("worker.failed", node=node, error=str(exc))

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS close_requests (
     reason TEXT NOT NULL
 );
 """
+INSERT = ("INSERT OR IGNORE INTO connections (id, instance, node, account_id, key_id, key_name, "
+          "remote, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @attrs.frozen
@@ -102,6 +104,10 @@ class SqliteConnectionRegistry:
         registry._beating = asyncio.create_task(registry._beat_forever())
         return registry
 
+    def _row(self, conn) -> tuple:
+        return (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
+                conn.key_name, conn.remote, conn.opened_at.isoformat())
+
     def _alive_since(self) -> float:
         return time.time() - STALE_AFTER * self._heartbeat
 
@@ -118,12 +124,7 @@ class SqliteConnectionRegistry:
                 if count >= limit:
                     await self._db.rollback()
                     return False
-                await self._db.execute(
-                    "INSERT INTO connections (id, instance, node, account_id, key_id, key_name, "
-                    "remote, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
-                     conn.key_name, conn.remote, conn.opened_at.isoformat()),
-                )
+                await self._db.execute(INSERT, self._row(conn))
                 await self._db.commit()
             except BaseException:
                 await self._db.rollback()
@@ -205,10 +206,18 @@ class SqliteConnectionRegistry:
                 changed.append((*counters, conn_id))
         async with self._lock:
             now = time.time()
-            await self._db.execute(
-                "INSERT OR REPLACE INTO instances (instance, seen_at) VALUES (?, ?)",
-                (self._instance, now),
+            cursor = await self._db.execute(
+                "UPDATE instances SET seen_at = ? WHERE instance = ?", (now, self._instance)
             )
+            if cursor.rowcount == 0:
+                # Judged gone (this loop stalled past STALE_AFTER heartbeats) and forgotten:
+                # register again, with every connection this instance still holds.
+                await self._db.execute(
+                    "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
+                    (self._instance, now),
+                )
+                await self._db.executemany(INSERT, [self._row(c) for c in self._local.values()])
+                log.warning("registry.rejoined", connections=len(self._local))
             if changed:
                 await self._db.executemany(
                     "UPDATE connections SET predictions = ?, errors = ?, last_request_at = ? "

@@ -1,0 +1,94 @@
+"""The SQLite connection registry, two instances on one file (as two server processes are).
+
+The server-level behaviour (limits, listing, closing across ``--workers``) is in
+test_workers.py; here, what is hard to provoke through real processes: an instance that
+stops beating is forgotten with its connections, and one judged gone during a long stall
+registers its connections again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import attrs
+from nember_sqlite.registry import STALE_AFTER, SqliteConnectionRegistry
+
+HEARTBEAT = 0.05
+
+
+@attrs.define
+class Conn:
+    """What the registry reads of a LiveConnection, and its close."""
+
+    id: str
+    account_id: str = "acct_1"
+    key_id: str = "key_1"
+    key_name: str = "default"
+    remote: str = "127.0.0.1"
+    opened_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
+    predictions: int = 0
+    errors: int = 0
+    last_request_at: float | None = None
+    closed_with: tuple | None = None
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+async def _pair(tmp_path):
+    path = tmp_path / "connections.sqlite3"
+    return (await SqliteConnectionRegistry.open(path, "a", HEARTBEAT),
+            await SqliteConnectionRegistry.open(path, "b", HEARTBEAT))
+
+
+async def test_limits_listing_and_closing_span_instances(tmp_path):
+    a, b = await _pair(tmp_path)
+    try:
+        one, two, three = Conn("c1"), Conn("c2"), Conn("c3")
+        assert await a.add(one, limit=2) and await b.add(two, limit=2)
+        assert not await a.add(three, limit=2)  # counted across both
+        one.predictions, one.last_request_at = 5, 1700000000.0
+        await asyncio.sleep(HEARTBEAT * 3)
+        listed = {c.id: c for c in await b.list("acct_1")}
+        assert set(listed) == {"c1", "c2"}
+        assert listed["c2"] is two  # b's own: the live object
+        assert (listed["c1"].node, listed["c1"].predictions) == ("a", 5)  # a's, as published
+        assert await b.close_connection("c1", 4000, "closed by owner")
+        await asyncio.sleep(HEARTBEAT * 3)
+        assert one.closed_with == (4000, "closed by owner")  # a picked the request up
+        await a.remove(one)
+        assert await b.add(three, limit=2)  # the slot is free again
+        assert not await b.close_connection("nope", 4000, "closed by owner")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_instance_that_stops_beating_is_forgotten(tmp_path):
+    a, b = await _pair(tmp_path)
+    try:
+        assert await a.add(Conn("c1"), limit=1)
+        a._beating.cancel()  # as if killed: no more heartbeats, no clean close
+        assert not await b.add(Conn("c2"), limit=1)
+        await asyncio.sleep(HEARTBEAT * (STALE_AFTER + 3))
+        assert await b.list("acct_1") == []
+        assert await b.add(Conn("c2"), limit=1)
+    finally:
+        await b.close()
+        await a._db.close()
+
+
+async def test_an_instance_forgotten_during_a_stall_registers_again(tmp_path):
+    a, b = await _pair(tmp_path)
+    try:
+        assert await a.add(Conn("c1"), limit=5)
+        async with b._lock:  # what b does once a has been silent too long
+            await b._forget("instance = ?", (a._instance,))
+            await b._db.commit()
+        assert await b.list("acct_1") == []
+        await asyncio.sleep(HEARTBEAT * 3)  # a's next heartbeat notices
+        assert [c.id for c in await b.list("acct_1")] == ["c1"]
+    finally:
+        await a.close()
+        await b.close()
