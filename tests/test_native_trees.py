@@ -101,14 +101,20 @@ async def test_without_gcc_nothing_is_compiled(tmp_path, monkeypatch):
     await compiler.close()
 
 
-async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
-    tmp_path, servers
-):
-    config = write_config(tmp_path, server={"compile_trees": True})
+def _compiling_workspace(folder) -> Workspace:
+    """An account, its key and price data, for a server that compiles trees."""
+    config = write_config(folder, server={"compile_trees": True})
     run_cli(config, "accounts", "create", "trader@example.com")
     key = run_cli(config, "keys", "create", "--account",
                   "trader@example.com").stdout.strip().splitlines()[-1]
-    workspace = Workspace(tmp_path, config, key, write_prices(tmp_path / "prices.csv"))
+    return Workspace(folder, config, key, write_prices(folder / "prices.csv"))
+
+
+async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
+    tmp_path, servers
+):
+    workspace = _compiling_workspace(tmp_path)
+    config, key = workspace.config, workspace.key
     for family, model_type in (("DecisionTree", "class"), ("XGBoost", "reg")):
         workspace.train(family, model_type, "compiled", "--param", "n_estimators=30"
                         if family == "XGBoost" else "random_state=0")
@@ -153,13 +159,11 @@ async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
 async def test_a_model_trained_through_the_api_is_compiled_before_anyone_asks(
     tmp_path, servers
 ):
-    config = write_config(tmp_path, server={"compile_trees": True})
-    run_cli(config, "accounts", "create", "trader@example.com")
-    key = run_cli(config, "keys", "create", "--account",
-                  "trader@example.com").stdout.strip().splitlines()[-1]
+    workspace = _compiling_workspace(tmp_path)
+    config, key = workspace.config, workspace.key
     server = servers(config)
     form = aiohttp.FormData()
-    form.add_field("data", write_prices(tmp_path / "prices.csv").read_bytes(),
+    form.add_field("data", workspace.data.read_bytes(),
                    filename="prices.csv", content_type="text/csv")
     for name, value in {"strat": "fresh", "model": "ExtraTrees", "type": "reg",
                         "target": "move", "window": "2", "features": "point1,point2",
