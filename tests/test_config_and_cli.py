@@ -76,6 +76,13 @@ def test_port_in_use_is_one_line(workspace):
     assert line.startswith(f"nember: error: cannot listen on 127.0.0.1:{port}")
 
 
+def train(*extra: str, model: str = "DecisionTree", model_type: str = "class",
+          data: str = "prices.csv", target: str = "direction") -> list[str]:
+    """A `nember train` command line for the workspace's account."""
+    return ["train", "--account", "trader@example.com", "--strat", "s", "--model", model,
+            "--type", model_type, "--data", data, "--target", target, *extra]
+
+
 @pytest.mark.parametrize(
     "args,expected",
     [
@@ -85,39 +92,25 @@ def test_port_in_use_is_one_line(workspace):
         (["accounts", "create", "trader@example.com"],
          "an account for trader@example.com already exists"),
         (["accounts", "create", "not-an-email"], "'not-an-email' is not an email address"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "Nope",
-          "--type", "class", "--data", "prices.csv", "--target", "direction"],
+        (train(model="Nope"),
          "no installed model family 'Nope' (installed: DecisionTree, ExtraTrees"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "missing.csv", "--target", "direction"],
+        (train(data="missing.csv"),
          "missing.csv: file not found"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "nope"],
+        (train(target="nope"),
          "no column named 'nope' (columns: point1, point2, direction, move)"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "reg", "--data", "prices.csv", "--target", "direction"],
+        (train(model_type="reg"),
          "regression needs a numeric target, but 'direction' holds"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "direction", "--window", "0"],
+        (train("--window", "0"),
          "the window must be between 1 and 1000, not 0"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "direction",
-          "--features", "point1,direction"],
+        (train("--features", "point1,direction"),
          "the target 'direction' cannot also be a feature"),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "move",
-          "--features", "direction"],
+        (train("--features", "direction", target="move"),
          "feature 'direction' is not numeric (line 2: "),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "direction",
-          "--param", "max_depth=-3"],
+        (train("--param", "max_depth=-3"),
          "DecisionTree could not be trained: "),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "DecisionTree",
-          "--type", "class", "--data", "prices.csv", "--target", "direction",
-          "--param", "no_such_param=1"],
+        (train("--param", "no_such_param=1"),
          "DecisionTree could not be trained: "),
-        (["train", "--account", "trader@example.com", "--strat", "s", "--model", "XGBoost",
-          "--type", "class", "--data", "ragged.csv", "--target", "direction"],
+        (train(model="XGBoost", data="ragged.csv"),
          "ragged.csv: line 3 has 2 values, the header has 4"),
     ],
 )
