@@ -105,34 +105,35 @@ async def prepare(config: Path, folder: Path, families: list[str],
                   compile_trees: bool) -> tuple[str, dict]:
     """Account, key and models (compiled, as the server will find them); and each model's
     raw and whole-frame cost in-process."""
-    from nember_core import commands
-    from nember_core.demo import write_prices
-    from nember_core.logs import configure
-    from nember_core.model_cache import ModelCache
-    from nember_core.records import ModelKey
-    from nember_core.services import Nember
-    from nember_core.session import PredictionSession, RateLimiter
-    from nember_core.tree_compiler import TreeCompiler
+    from nember_core.app.demo import write_prices
+    from nember_core.app.logs import configure
+    from nember_core.app.nember import Nember
+    from nember_core.records import LiveConnection, ModelKey, utcnow
+    from nember_core.services import Services, TrainingRequest
+    from nember_core.serving.model_cache import ModelCache
+    from nember_core.serving.session import PredictionSession, RateLimiter
+    from nember_core.trees.compiler import TreeCompiler
 
     nember = Nember.load(str(config))
     configure("warning")
-    services = await nember.open()
+    stores = await nember.open()
+    services = Services(nember.config, nember.families, stores)
     compiler = TreeCompiler(nember.config.data_dir / "compiled") if compile_trees else None
     try:
         prices = folder / "prices.csv"
         write_prices(prices)
-        account = await commands.create_account(services, "bench@example.com", "benchmark-pw")
-        key = (await commands.create_key(services, account.email, "bench")).secret
+        account = await services.accounts.create("bench@example.com", "benchmark-pw")
+        key = (await services.keys.create(account.id, "bench")).secret
         # No batching here: this measures one frame's own cost, start to end.
-        cache = ModelCache(services.model_store, nember.families, batch_above_us=None,
+        cache = ModelCache(stores.model_store, nember.families, batch_above_us=None,
                            compiler=compiler)
         names = [(family, model_type, target) for family in families
                  for model_type, target in (("class", "direction"), ("reg", "next_return"))]
         for family, model_type, target in names:
             say(f"  training {family} {model_type}")
-            await commands.train_model(nember, services, account.email, "bench", family,
-                                       model_type, prices, target, window=2,
-                                       features=["point1", "point2"])
+            await services.models.train(account.id, TrainingRequest(
+                strat="bench", family=family, model_type=model_type, data=prices,
+                target=target, window=2, features=["point1", "point2"]))
             # Loading starts compiling its trees in the background, while the next trains.
             await cache.load(ModelKey(account.id, "bench", family, model_type))
         say("  waiting for the compiler")
@@ -142,7 +143,8 @@ async def prepare(config: Path, folder: Path, families: list[str],
             model = cache.get(ModelKey(account.id, "bench", family, model_type))
             row = model.extractor.row(POINTS)
             raw = model.predictor  # the family's predictor, as the hot path calls it
-            conn = _Conn(account.id)
+            conn = LiveConnection(id="bench", account_id=account.id, key_id="bench",
+                                  key_name="bench", remote="", node="", opened_at=utcnow())
             session = PredictionSession(conn, key, cache, RateLimiter(1e12, 10**12))
             text = frame(family, model_type)
             session.answer(text, True)
@@ -151,22 +153,13 @@ async def prepare(config: Path, folder: Path, families: list[str],
                 "frame_us": _time_per_call(
                     lambda session=session, text=text: session.answer(text, True)
                 ),
-                "native": bool(getattr(getattr(raw, "ensemble", None), "native", False)),
+                "native": model.native,
             }
         return key, costs
     finally:
         if compiler is not None:
             await compiler.close()
-        await services.close()
-
-
-class _Conn:
-    """Just the counters a PredictionSession keeps, for the in-process measurement."""
-
-    def __init__(self, account_id: str):
-        self.id, self.account_id = "bench", account_id
-        self.predictions = self.errors = 0
-        self.last_request_at = None
+        await stores.close()
 
 
 def _time_per_call(call, calls: int = 2000, rounds: int = 5) -> float:

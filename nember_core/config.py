@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .errors import ConfigError
+from nember_core.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config") / "nember.yaml"
 
@@ -95,16 +95,23 @@ class Config:
     billing: BillingConfig
     model_store: PluginSection
     connection_registry: PluginSection
+    jobs: PluginSection
     log: LogConfig
     dashboard: DashboardConfig = DashboardConfig()
 
+    def section(self, role: str) -> PluginSection:
+        """The plugin section of a role (billing's sits inside its own section)."""
+        return self.billing.section if role == "billing" else getattr(self, role)
 
-# role name -> (hook name, default plugin)
+
+# config section of each pluggable role -> the hook whose providers may fill it; with no
+# ``plugin:`` key, the provider that calls itself the default is used
 ROLES = {
-    "key_store": ("nember_key_stores", "sqlite"),
-    "billing": ("nember_billing_ledgers", "sqlite"),
-    "model_store": ("nember_model_stores", "local_disk"),
-    "connection_registry": ("nember_connection_registries", "sqlite"),
+    "key_store": "nember_key_stores",
+    "billing": "nember_billing_ledgers",
+    "model_store": "nember_model_stores",
+    "connection_registry": "nember_connection_registries",
+    "jobs": "nember_job_boards",
 }
 TOP_LEVEL = {"data_dir", "server", "log", "dashboard", *ROLES}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -160,7 +167,7 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
     _check_server(server, where)
 
     sections: dict[str, Any] = {}
-    for role, (_hook, default) in ROLES.items():
+    for role in ROLES:
         section = raw.get(role, {})
         if section is None:
             section = {}
@@ -170,12 +177,17 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
         core: dict[str, Any] = {}
         if role == "billing":
             core = {k: section.pop(k) for k in ("price", "currency") if k in section}
-        name = section.pop("plugin", default)
+        installed = providers.get(role, {})
+        known = ", ".join(sorted(installed)) or "none"
+        name = section.pop("plugin", None)
+        if name is None:
+            name = next((n for n, p in installed.items() if p.default), None)
+            if name is None:
+                raise ConfigError(f"{where}: {role}.plugin: name one (installed: {known})")
         if not isinstance(name, str):
             raise ConfigError(f"{where}: {role}.plugin: expected a string, got {_kind(name)}")
-        provider = providers.get(role, {}).get(name)
+        provider = installed.get(name)
         if provider is None:
-            known = ", ".join(sorted(providers.get(role, {}))) or "none"
             raise ConfigError(
                 f"{where}: {role}.plugin: no installed plugin provides {name!r} "
                 f"(installed: {known})"

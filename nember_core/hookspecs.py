@@ -5,23 +5,40 @@ A plugin is a module (or object) registered under the ``nember`` entry-point gro
     [project.entry-points.nember]
     my_families = "my_package.nember_plugin"
 
-whose functions are marked with ``@nember_core.hookimpl``. The first-party plugins in
-``plugins/`` are registered exactly this way.
+whose functions are marked with ``@hookimpl`` (from :mod:`nember_core.plugin_api`, the one
+module a plugin imports). The first-party plugins in ``plugins/`` are registered exactly this
+way.
 
 Hooks run at start-up (to collect providers) and never per message: each returns objects
-whose methods the core then calls directly.
+whose methods the core then calls directly. A hook implementation may return an empty list
+(an optional library that is not installed).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pluggy
 
-hookspec = pluggy.HookspecMarker("nember")
+if TYPE_CHECKING:
+    from .plugin_api import (
+        BillingLedger,
+        ConnectionRegistry,
+        JobBoard,
+        KeyStore,
+        ModelFamily,
+        ModelStore,
+        Provider,
+    )
+
+PROJECT = "nember"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def nember_model_families():
-    """Return a list of model families (objects following ``interfaces.ModelFamily``).
+def nember_model_families() -> list[ModelFamily]:
+    """Return model families (objects following ``plugin_api.ModelFamily``).
 
     Each family's ``name`` is what requests send as ``model_name`` and what ``nember train
     --model`` takes. Two plugins may not provide the same name.
@@ -29,8 +46,8 @@ def nember_model_families():
 
 
 @hookspec
-def nember_key_stores():
-    """Return a list of ``interfaces.Provider`` whose ``create`` makes a ``KeyStore``.
+def nember_key_stores() -> list[Provider[KeyStore]]:
+    """Return ``Provider``s whose ``create`` makes a ``KeyStore``.
 
     The config's ``key_store.plugin`` picks one by name; the rest of that section is the
     provider's ``options``.
@@ -38,8 +55,8 @@ def nember_key_stores():
 
 
 @hookspec
-def nember_billing_ledgers():
-    """Return a list of ``interfaces.Provider`` whose ``create`` makes a ``BillingLedger``.
+def nember_billing_ledgers() -> list[Provider[BillingLedger]]:
+    """Return ``Provider``s whose ``create`` makes a ``BillingLedger``.
 
     Picked by ``billing.plugin``; ``billing.price`` and ``billing.currency`` belong to the
     core, the section's other keys to the provider's ``options``.
@@ -47,16 +64,26 @@ def nember_billing_ledgers():
 
 
 @hookspec
-def nember_model_stores():
-    """Return a list of ``interfaces.Provider`` whose ``create`` makes a ``ModelStore``.
+def nember_model_stores() -> list[Provider[ModelStore]]:
+    """Return ``Provider``s whose ``create`` makes a ``ModelStore``.
 
     Picked by ``model_store.plugin``.
     """
 
 
 @hookspec
-def nember_connection_registries():
-    """Return a list of ``interfaces.Provider`` whose ``create`` makes a ``ConnectionRegistry``.
+def nember_connection_registries() -> list[Provider[ConnectionRegistry]]:
+    """Return ``Provider``s whose ``create`` makes a ``ConnectionRegistry``.
 
-    Picked by ``connection_registry.plugin``.
+    Picked by ``connection_registry.plugin``. A registry that keeps each process's connections
+    to itself says so with ``shared_across_processes=False``; ``--workers`` refuses it.
+    """
+
+
+@hookspec
+def nember_job_boards() -> list[Provider[JobBoard]]:
+    """Return ``Provider``s whose ``create`` makes a ``JobBoard``: training jobs' state, read
+    by every server process (``--workers``, several nodes).
+
+    Picked by ``jobs.plugin``.
     """

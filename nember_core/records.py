@@ -9,8 +9,6 @@ from typing import Any
 
 import attrs
 
-MODEL_TYPES = ("class", "reg")
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -131,6 +129,55 @@ class Charge:
     amount: Decimal
     currency: str
     charged_at: datetime
+
+
+@attrs.define(eq=False)
+class LiveConnection:
+    """An authenticated websocket as registries list it (no socket: closing goes through the
+    callback the registry got with it). This node's own connections count live; another
+    node's are as of that node's last report."""
+
+    id: str
+    account_id: str
+    key_id: str
+    key_name: str
+    remote: str
+    node: str
+    opened_at: datetime
+    predictions: int = 0
+    errors: int = 0
+    last_request_at: float | None = None  # Unix time
+
+    def usage(self) -> ConnectionUsage:
+        return ConnectionUsage(
+            connection_id=self.id,
+            account_id=self.account_id,
+            key_id=self.key_id,
+            remote=self.remote,
+            opened_at=self.opened_at,
+            predictions=self.predictions,
+            errors=self.errors,
+        )
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+
+
+@attrs.define
+class TrainingJob:
+    """A training job started through the REST API, as every server process reports it."""
+
+    id: str
+    account_id: str
+    key: ModelKey
+    created_at: datetime
+    state: str = "queued"
+    progress: float = 0.0
+    stage: str = "queued"
+    error: str | None = None
+    model_id: str | None = None
+    version: int | None = None
+    finished_at: datetime | None = None
 
 
 @attrs.define

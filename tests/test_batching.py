@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from nember_core.batching import Costs, MicroBatcher
+from nember_core.serving.batching import Costs, MicroBatcher
 
 
 class Model:

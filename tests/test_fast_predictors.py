@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nember_core.plugin_manager import plugin_manager
-from nember_core.services import collect_families
-from nember_core.tree_ensemble import Tree, TreeEnsemble
+from nember_core.plugin_api import Tree, TreeEnsemble
+from nember_core.plugins import collect_families, plugin_manager
 
 from .synthetic import dataset
 
@@ -48,10 +47,10 @@ def test_predictor_equals_the_library(family_name, target, params):
     model = family.loads(family.dumps(family.fit(X, y, model_type, params)), model_type)
     expected = np.asarray(family.predict(model, model_type, ROWS))
     predict = family.predictor(model, model_type)
-    got = np.array([predict(ROWS[i : i + 1]) for i in range(len(ROWS))])
+    got = np.array([predict.one(ROWS[i : i + 1]) for i in range(len(ROWS))])
     batches = []
-    if hasattr(predict, "rows"):  # the batch path serves concurrent requests: check it too
-        batches = [np.asarray(predict.rows(ROWS)), np.asarray(predict.rows(ROWS[:3]))]
+    if predict.many is not None:  # the batch path serves concurrent requests: check it too
+        batches = [np.asarray(predict.many(ROWS)), np.asarray(predict.many(ROWS[:3]))]
     for answer in (got, *batches):
         want = expected[: len(answer)]
         if model_type == "class":

@@ -12,9 +12,8 @@ import pytest
 from nember_local_disk import LocalDiskModelStore
 
 from nember_core.errors import ModelFileRejected
-from nember_core.plugin_manager import plugin_manager
+from nember_core.plugins import collect_families, plugin_manager
 from nember_core.records import ModelKey, ModelMeta, utcnow
-from nember_core.services import collect_families
 
 FAMILIES = collect_families(plugin_manager())
 
@@ -79,7 +78,7 @@ def test_round_trip_through_the_file_format(name):
     X = np.random.default_rng(1).normal(size=(5, 3))
     assert list(family.predict(loaded, "class", X)) == list(family.predict(model, "class", X))
     row = X[:1]
-    assert family.predictor(loaded, "class")(row) == family.predict(model, "class", row)[0]
+    assert family.predictor(loaded, "class").one(row) == family.predict(model, "class", row)[0]
 
 
 def test_a_skops_file_naming_a_foreign_type_is_refused():

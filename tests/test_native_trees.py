@@ -14,10 +14,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from nember_core.native_trees import NativeTrees
-from nember_core.plugin_manager import plugin_manager
-from nember_core.services import collect_families
-from nember_core.tree_compiler import TreeCompiler, unavailable_reason
+from nember_core.plugins import collect_families, plugin_manager
+from nember_core.trees.compiler import TreeCompiler, unavailable_reason
+from nember_core.trees.native import NativeTrees
 
 from .harness import (
     Workspace,
@@ -60,7 +59,7 @@ async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
         await compiler.close()
     assert isinstance(native, NativeTrees)
     predict.ensemble.use_native(native)
-    got = np.array([predict(ROWS[i : i + 1]) for i in range(len(ROWS))])
+    got = np.array([predict.one(ROWS[i : i + 1]) for i in range(len(ROWS))])
     if model_type == "class":
         assert (got == expected).all(), f"{(got != expected).sum()} rows differ"
     else:
@@ -87,7 +86,7 @@ async def test_a_compiler_that_fails_leaves_the_model_on_its_own_path(tmp_path, 
     finally:
         await compiler.close()
     assert not predict.ensemble.native
-    assert predict(ROWS[:1]) == pytest.approx(model.predict(ROWS[:1])[0])
+    assert predict.one(ROWS[:1]) == pytest.approx(model.predict(ROWS[:1])[0])
     assert list((tmp_path / "compiled").glob("*.so")) == []
 
 

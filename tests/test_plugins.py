@@ -68,7 +68,7 @@ def test_every_hook_is_documented_in_the_readme_with_its_signature():
     for name in hooks:
         function = getattr(hookspecs, name)
         assert function.__doc__ and function.__doc__.strip(), f"{name} has no docstring"
-        signature = f"{name}{inspect.signature(function)}"
+        signature = f"{name}{inspect.signature(function)}".replace("'", "")
         assert re.search(re.escape(signature), readme), f"README lacks `{signature}`"
 
 

@@ -192,11 +192,11 @@ async def test_retraining_adds_a_version_and_deleting_the_model_removes_all(api)
 
 @pytest.mark.parametrize("fields,message", [
     ({"model": "Nope"}, "No installed model family 'Nope'"),
-    ({"type": "both"}, "'type' must be 'class' or 'reg'."),
+    ({"type": "both"}, "The model type must be 'class' or 'reg', not 'both'."),
     ({"target": None}, "The form field 'target' is required."),
     ({"window": "two"}, "'window' must be a whole number."),
-    ({"window": "0"}, "'window' must be between 1 and 1000."),
-    ({"target": "nope"}, "the CSV: no column named 'nope'"),
+    ({"window": "0"}, "The window must be a whole number from 1 to 1000, not 0."),
+    ({"target": "nope"}, "The CSV: no column named 'nope'"),
     ({"params": "[1]"}, "'params' must be a JSON object of hyperparameters."),
     ({"colour": "blue"}, "Unknown form field 'colour'"),
 ])
@@ -330,8 +330,8 @@ async def test_openapi_document_matches_the_real_routes(api):
     assert document["openapi"].startswith("3.1")
     documented = {(method.upper(), path) for path, ops in document["paths"].items()
                   for method in ops}
-    from nember_core.server import create_app
-    from nember_core.services import Nember
+    from nember_core.app.nember import Nember
+    from nember_core.app.server import create_app
 
     app = create_app(Nember.load(str(api.workspace.config)))
     real = {(route.method, route.resource.canonical) for route in app.router.routes()

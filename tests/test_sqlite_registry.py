@@ -36,6 +36,10 @@ class Conn:
         self.closed_with = (code, reason)
 
 
+async def _add(registry, conn: Conn, limit: int) -> bool:
+    return await registry.add(conn, limit, conn.close)
+
+
 async def _pair(tmp_path):
     path = tmp_path / "connections.sqlite3"
     return (await SqliteConnectionRegistry.open(path, "a", HEARTBEAT),
@@ -46,8 +50,8 @@ async def test_limits_listing_and_closing_span_instances(tmp_path):
     a, b = await _pair(tmp_path)
     try:
         one, two, three = Conn("c1"), Conn("c2"), Conn("c3")
-        assert await a.add(one, limit=2) and await b.add(two, limit=2)
-        assert not await a.add(three, limit=2)  # counted across both
+        assert await _add(a, one, 2) and await _add(b, two, 2)
+        assert not await _add(a, three, 2)  # counted across both
         one.predictions, one.last_request_at = 5, 1700000000.0
         await asyncio.sleep(HEARTBEAT * 3)
         listed = {c.id: c for c in await b.list("acct_1")}
@@ -58,7 +62,7 @@ async def test_limits_listing_and_closing_span_instances(tmp_path):
         await asyncio.sleep(HEARTBEAT * 3)
         assert one.closed_with == (4000, "closed by owner")  # a picked the request up
         await a.remove(one)
-        assert await b.add(three, limit=2)  # the slot is free again
+        assert await _add(b, three, 2)  # the slot is free again
         assert not await b.close_connection("nope", 4000, "closed by owner")
     finally:
         await a.close()
@@ -68,12 +72,12 @@ async def test_limits_listing_and_closing_span_instances(tmp_path):
 async def test_an_instance_that_stops_beating_is_forgotten(tmp_path):
     a, b = await _pair(tmp_path)
     try:
-        assert await a.add(Conn("c1"), limit=1)
+        assert await _add(a, Conn("c1"), 1)
         a._beating.cancel()  # as if killed: no more heartbeats, no clean close
-        assert not await b.add(Conn("c2"), limit=1)
+        assert not await _add(b, Conn("c2"), 1)
         await asyncio.sleep(HEARTBEAT * (STALE_AFTER + 3))
         assert await b.list("acct_1") == []
-        assert await b.add(Conn("c2"), limit=1)
+        assert await _add(b, Conn("c2"), 1)
     finally:
         await b.close()
         await a._db.close()
@@ -82,7 +86,7 @@ async def test_an_instance_that_stops_beating_is_forgotten(tmp_path):
 async def test_an_instance_forgotten_during_a_stall_registers_again(tmp_path):
     a, b = await _pair(tmp_path)
     try:
-        assert await a.add(Conn("c1"), limit=5)
+        assert await _add(a, Conn("c1"), 5)
         async with b._lock:  # what b does once a has been silent too long
             await b._forget("instance = ?", (a._instance,))
             await b._db.commit()

@@ -179,7 +179,7 @@ async def test_a_worker_that_dies_is_replaced(workers, trained):
 
 @pytest.mark.parametrize("override,message", [
     ({"connection_registry": {"plugin": "memory"}},
-     "connection_registry.plugin: 'memory' keeps each process's connections to itself"),
+     "connection_registry.plugin: 'memory' keeps each process's state to itself"),
     ({"server": {"port": 0}}, "server.port: 2 workers need a fixed port, not 0"),
 ])
 def test_configs_workers_cannot_share_are_refused(tmp_path, override, message):

@@ -8,10 +8,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from nember_core import hookimpl
-from nember_core.errors import ModelFileRejected
-from nember_core.family_tools import decode_output, with_rows
-from nember_core.tree_ensemble import Tree, TreeEnsemble
+from nember_core.plugin_api import (
+    ModelFileRejected,
+    Predictor,
+    Tree,
+    TreeEnsemble,
+    decode_output,
+    hookimpl,
+)
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1}
 
@@ -21,7 +25,6 @@ DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1
 class LightGBMFamily:
     name: str = "LightGBM"
     library_version: str = attrs.field(factory=lambda: f"lightgbm {version('lightgbm')}")
-    file_suffix: str = ".txt"
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):
         import lightgbm
@@ -45,7 +48,7 @@ class LightGBMFamily:
         if fast is not None:
             return fast
         predict = model.predict  # what the fast path doesn't cover
-        return lambda row: decode_output(predict(row, num_threads=1), model_type)[0]
+        return Predictor(lambda row: decode_output(predict(row, num_threads=1), model_type)[0])
 
     def predict(self, model, model_type: str, X: np.ndarray):
         # One thread: on a busy server, OpenMP threads spinning on other cores cost more.
@@ -77,7 +80,7 @@ def fast_predictor(booster, model_type: str):
     base = np.asarray(booster.predict(probe, raw_score=True)).reshape(-1) - ensemble(probe[0])
 
     if model_type == "reg" or objective in IDENTITY:
-        return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
+        return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
                          lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
         sigmoid = float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
@@ -85,9 +88,9 @@ def fast_predictor(booster, model_type: str):
         def positive(raw):  # as LightGBM: the probability, then over one half
             return (1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5).astype(np.intp)
 
-        return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+        return Predictor(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
                          lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
-    return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
+    return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
                      lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
 
 

@@ -17,9 +17,7 @@ from urllib.parse import quote
 
 import attrs
 
-from nember_core import hookimpl
-from nember_core.interfaces import PluginContext, Provider
-from nember_core.records import ModelKey, ModelMeta
+from nember_core.plugin_api import ModelKey, ModelMeta, PluginContext, Provider, hookimpl
 
 MODEL_FILE = "model.bin"
 META_FILE = "meta.json"
@@ -89,6 +87,14 @@ class LocalDiskModelStore:
         versions = self._versions(key_dir)
         return self._read_meta(key_dir / _version_dir(versions[-1])) if versions else None
 
+    def _latest_versions(self, keys) -> dict[ModelKey, int]:
+        found = {}
+        for key in keys:
+            versions = self._versions(self._key_dir(key))
+            if versions:
+                found[key] = versions[-1]
+        return found
+
     def _list(self, account_id: str) -> list[ModelMeta]:
         account_dir = self.root / _segment(account_id)
         metas = []
@@ -119,6 +125,9 @@ class LocalDiskModelStore:
     async def latest(self, key: ModelKey) -> ModelMeta | None:
         return await asyncio.to_thread(self._latest, key)
 
+    async def latest_versions(self, keys) -> dict[ModelKey, int]:
+        return await asyncio.to_thread(self._latest_versions, list(keys))
+
     async def read(self, meta: ModelMeta) -> bytes:
         path = self._key_dir(meta.key) / _version_dir(meta.version) / MODEL_FILE
         return await asyncio.to_thread(path.read_bytes)
@@ -147,6 +156,6 @@ def _create(options: LocalDiskOptions, context: PluginContext) -> LocalDiskModel
 
 @hookimpl
 def nember_model_stores():
-    return [Provider(name="local_disk", create=_create, options=LocalDiskOptions)]
+    return [Provider(name="local_disk", create=_create, options=LocalDiskOptions, default=True)]
 
 

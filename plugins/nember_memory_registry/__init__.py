@@ -10,25 +10,30 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from nember_core import hookimpl
-from nember_core.interfaces import PluginContext, Provider
+from nember_core.plugin_api import (
+    CloseConnection,
+    LiveConnection,
+    PluginContext,
+    Provider,
+    hookimpl,
+)
 
 
 class MemoryConnectionRegistry:
     def __init__(self) -> None:
-        self._by_id: dict[str, object] = {}
-        self._by_account: dict[str, dict[str, object]] = defaultdict(dict)
+        self._by_id: dict[str, CloseConnection] = {}
+        self._by_account: dict[str, dict[str, LiveConnection]] = defaultdict(dict)
         self._closing: set[asyncio.Task] = set()
 
-    async def add(self, conn, limit: int) -> bool:
+    async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
         live = self._by_account[conn.account_id]
         if len(live) >= limit:
             return False
         live[conn.id] = conn
-        self._by_id[conn.id] = conn
+        self._by_id[conn.id] = close
         return True
 
-    async def remove(self, conn) -> None:
+    async def remove(self, conn: LiveConnection) -> None:
         self._by_id.pop(conn.id, None)
         live = self._by_account.get(conn.account_id)
         if live is not None:
@@ -36,15 +41,15 @@ class MemoryConnectionRegistry:
             if not live:
                 del self._by_account[conn.account_id]
 
-    async def list(self, account_id: str) -> list:
+    async def list(self, account_id: str) -> list[LiveConnection]:
         return list(self._by_account.get(account_id, {}).values())
 
     async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
-        conn = self._by_id.get(connection_id)
-        if conn is None:
+        close = self._by_id.get(connection_id)
+        if close is None:
             return False
         # Start the close handshake and return: a slow peer must not hold up the caller.
-        task = asyncio.create_task(conn.close(code, reason))
+        task = asyncio.create_task(close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return True
@@ -60,4 +65,4 @@ def _create(options: None, context: PluginContext) -> MemoryConnectionRegistry:
 
 @hookimpl
 def nember_connection_registries():
-    return [Provider(name="memory", create=_create)]
+    return [Provider(name="memory", create=_create, shared_across_processes=False)]

@@ -1,5 +1,6 @@
-"""The embedded defaults on SQLite files under ``data_dir``: key store, billing ledger, and the
-connection registry that every server process on this machine shares."""
+"""The embedded defaults on SQLite files under ``data_dir``: key store, billing ledger, the
+connection registry and the training-job board that every server process on this machine
+shares."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import attrs
 
-from nember_core import hookimpl
-from nember_core.interfaces import PluginContext, Provider
+from nember_core.plugin_api import PluginContext, Provider, hookimpl
 
 from .billing import SqliteBillingLedger
+from .job_board import SqliteJobBoard
 from .key_store import SqliteKeyStore
 from .registry import SqliteConnectionRegistry
 
@@ -40,12 +41,14 @@ async def _ledger(options: SqliteOptions, context: PluginContext) -> SqliteBilli
 
 @hookimpl
 def nember_key_stores():
-    return [Provider(name="sqlite", create=_key_store, options=SqliteOptions)]
+    return [Provider(name="sqlite", create=_key_store, options=SqliteOptions,
+                     default=True)]
 
 
 @hookimpl
 def nember_billing_ledgers():
-    return [Provider(name="sqlite", create=_ledger, options=SqliteOptions)]
+    return [Provider(name="sqlite", create=_ledger, options=SqliteOptions,
+                     default=True)]
 
 
 async def _registry(options: RegistryOptions, context: PluginContext) -> SqliteConnectionRegistry:
@@ -56,4 +59,14 @@ async def _registry(options: RegistryOptions, context: PluginContext) -> SqliteC
 
 @hookimpl
 def nember_connection_registries():
-    return [Provider(name="sqlite", create=_registry, options=RegistryOptions)]
+    return [Provider(name="sqlite", create=_registry, options=RegistryOptions,
+                     default=True)]
+
+
+async def _job_board(options: SqliteOptions, context: PluginContext) -> SqliteJobBoard:
+    return await SqliteJobBoard.open(options.path or context.data_dir / "jobs.sqlite3")
+
+
+@hookimpl
+def nember_job_boards():
+    return [Provider(name="sqlite", create=_job_board, options=SqliteOptions, default=True)]

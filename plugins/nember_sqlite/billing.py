@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiosqlite
 
-from nember_core.errors import AlreadyExists
-from nember_core.records import Charge, ConnectionUsage, utcnow
-from nember_core.sqlite_db import connect
+from nember_core.plugin_api import AlreadyExists, Charge, ConnectionUsage, utcnow
+
+from .db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (

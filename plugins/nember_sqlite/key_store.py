@@ -10,10 +10,22 @@ from pathlib import Path
 
 import aiosqlite
 
-from nember_core import credentials
-from nember_core.errors import AlreadyExists, NotFound
-from nember_core.records import Account, ApiKey, NewApiKey, utcnow
-from nember_core.sqlite_db import connect
+from nember_core.plugin_api import (
+    VISIBLE_PREFIX_LENGTH,
+    Account,
+    AlreadyExists,
+    ApiKey,
+    NewApiKey,
+    NotFound,
+    check_password,
+    hash_password,
+    key_hash,
+    new_api_key,
+    new_id,
+    utcnow,
+)
+
+from .db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -72,8 +84,8 @@ class SqliteKeyStore:
     async def create_account(self, email: str, password: str) -> Account:
         email = email.strip()
         # scrypt is deliberately slow: keep it off the event loop.
-        password_hash = await asyncio.to_thread(credentials.hash_password, password)
-        account = Account(id=credentials.new_id("acct"), email=email, created_at=utcnow())
+        password_hash = await asyncio.to_thread(hash_password, password)
+        account = Account(id=new_id("acct"), email=email, created_at=utcnow())
         try:
             await self._db.execute(
                 "INSERT INTO accounts (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
@@ -100,16 +112,16 @@ class SqliteKeyStore:
             row = await cursor.fetchone()
         if row is None:
             return None
-        ok = await asyncio.to_thread(credentials.check_password, password, row[3])
+        ok = await asyncio.to_thread(check_password, password, row[3])
         return Account(row[0], row[1], _time(row[2])) if ok else None
 
     async def create_key(self, account_id: str, name: str) -> NewApiKey:
-        secret = credentials.new_api_key()
+        secret = new_api_key()
         key = ApiKey(
-            id=credentials.new_id("key"),
+            id=new_id("key"),
             account_id=account_id,
             name=name,
-            prefix=secret[: credentials.VISIBLE_PREFIX_LENGTH],
+            prefix=secret[: VISIBLE_PREFIX_LENGTH],
             created_at=utcnow(),
         )
         await self._db.execute(
@@ -120,7 +132,7 @@ class SqliteKeyStore:
                 account_id,
                 name,
                 key.prefix,
-                credentials.key_hash(secret),
+                key_hash(secret),
                 key.created_at.isoformat(),
             ),
         )
@@ -137,7 +149,7 @@ class SqliteKeyStore:
     async def find_key(self, id_or_secret: str) -> ApiKey | None:
         async with self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ? OR key_hash = ?",
-            (id_or_secret, credentials.key_hash(id_or_secret)),
+            (id_or_secret, key_hash(id_or_secret)),
         ) as cursor:
             row = await cursor.fetchone()
         return None if row is None else _key(row)
@@ -145,7 +157,7 @@ class SqliteKeyStore:
     async def authenticate(self, secret: str) -> ApiKey | None:
         async with self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-            (credentials.key_hash(secret),),
+            (key_hash(secret),),
         ) as cursor:
             row = await cursor.fetchone()
         return None if row is None else _key(row)
@@ -168,7 +180,7 @@ class SqliteKeyStore:
         await self._db.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?)",
             (
-                credentials.key_hash(token),
+                key_hash(token),
                 account_id,
                 now.isoformat(),
                 (now + timedelta(seconds=lifetime_seconds)).isoformat(),
@@ -181,14 +193,14 @@ class SqliteKeyStore:
         async with self._db.execute(
             "SELECT a.id, a.email, a.created_at FROM sessions s JOIN accounts a "
             "ON a.id = s.account_id WHERE s.token_hash = ? AND s.expires_at > ?",
-            (credentials.key_hash(token), utcnow().isoformat()),
+            (key_hash(token), utcnow().isoformat()),
         ) as cursor:
             row = await cursor.fetchone()
         return None if row is None else Account(row[0], row[1], _time(row[2]))
 
     async def delete_session(self, token: str) -> None:
         await self._db.execute(
-            "DELETE FROM sessions WHERE token_hash = ?", (credentials.key_hash(token),)
+            "DELETE FROM sessions WHERE token_hash = ?", (key_hash(token),)
         )
         await self._db.commit()
 

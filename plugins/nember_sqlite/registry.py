@@ -21,10 +21,11 @@ from datetime import datetime
 from pathlib import Path
 
 import aiosqlite
-import attrs
 import structlog
 
-from nember_core.sqlite_db import connect
+from nember_core.plugin_api import CloseConnection, LiveConnection
+
+from .db import connect
 
 log = structlog.get_logger("nember.registry")
 
@@ -61,22 +62,6 @@ INSERT = ("INSERT OR IGNORE INTO connections (id, instance, node, account_id, ke
           "remote, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-@attrs.frozen
-class RemoteConnection:
-    """Another node's connection, as of that node's last heartbeat."""
-
-    id: str
-    node: str
-    account_id: str
-    key_id: str
-    key_name: str
-    remote: str
-    opened_at: datetime
-    predictions: int
-    errors: int
-    last_request_at: float | None
-
-
 class SqliteConnectionRegistry:
     def __init__(self, db: aiosqlite.Connection, node: str, heartbeat: float):
         self._db = db
@@ -84,7 +69,8 @@ class SqliteConnectionRegistry:
         self._instance = f"{node}:{secrets.token_hex(6)}"
         self._heartbeat = heartbeat
         self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
-        self._local: dict[str, object] = {}  # this node's connections (LiveConnection)
+        self._local: dict[str, LiveConnection] = {}  # this node's connections
+        self._closers: dict[str, CloseConnection] = {}  # ...and how to close each
         self._reported: dict[str, tuple] = {}  # their counters as last written
         self._closing: set[asyncio.Task] = set()
         self._beating: asyncio.Task | None = None
@@ -104,14 +90,14 @@ class SqliteConnectionRegistry:
         registry._beating = asyncio.create_task(registry._beat_forever())
         return registry
 
-    def _row(self, conn) -> tuple:
+    def _row(self, conn: LiveConnection) -> tuple:
         return (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
                 conn.key_name, conn.remote, conn.opened_at.isoformat())
 
     def _alive_since(self) -> float:
         return time.time() - STALE_AFTER * self._heartbeat
 
-    async def add(self, conn, limit: int) -> bool:
+    async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")  # the count and the insert, atomically
             try:
@@ -130,10 +116,12 @@ class SqliteConnectionRegistry:
                 await self._db.rollback()
                 raise
         self._local[conn.id] = conn
+        self._closers[conn.id] = close
         return True
 
-    async def remove(self, conn) -> None:
+    async def remove(self, conn: LiveConnection) -> None:
         self._local.pop(conn.id, None)
+        self._closers.pop(conn.id, None)
         self._reported.pop(conn.id, None)
         async with self._lock:
             await self._db.execute("DELETE FROM connections WHERE id = ?", (conn.id,))
@@ -141,7 +129,7 @@ class SqliteConnectionRegistry:
                                    (conn.id,))
             await self._db.commit()
 
-    async def list(self, account_id: str) -> list:
+    async def list(self, account_id: str) -> list[LiveConnection]:
         async with self._lock:
             cursor = await self._db.execute(
                 "SELECT id, node, account_id, key_id, key_name, remote, opened_at, predictions, "
@@ -156,13 +144,18 @@ class SqliteConnectionRegistry:
             if local is not None:  # this node's own: its counters are current
                 found.append(local)
             else:
-                found.append(RemoteConnection(*row[:6], datetime.fromisoformat(row[6]),
-                                              *row[7:]))
+                (conn_id, node, account, key_id, key_name, remote, opened_at, predictions,
+                 errors, last_request_at) = row
+                found.append(LiveConnection(
+                    id=conn_id, account_id=account, key_id=key_id, key_name=key_name,
+                    remote=remote, node=node, opened_at=datetime.fromisoformat(opened_at),
+                    predictions=predictions, errors=errors, last_request_at=last_request_at,
+                ))
         return found
 
     async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
-        if connection_id in self._local:
-            self._start_closing(self._local[connection_id], code, reason)
+        if connection_id in self._closers:
+            self._start_closing(self._closers[connection_id], code, reason)
             return True
         async with self._lock:
             cursor = await self._db.execute(
@@ -181,9 +174,9 @@ class SqliteConnectionRegistry:
             await self._db.commit()
         return True
 
-    def _start_closing(self, conn, code: int, reason: str) -> None:
+    def _start_closing(self, close: CloseConnection, code: int, reason: str) -> None:
         # Start the close handshake and return: a slow peer must not hold up the caller.
-        task = asyncio.create_task(conn.close(code, reason))
+        task = asyncio.create_task(close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -232,9 +225,9 @@ class SqliteConnectionRegistry:
             await self._forget("seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
             await self._db.commit()
         for conn_id, code, reason in requests:
-            conn = self._local.get(conn_id)
-            if conn is not None:
-                self._start_closing(conn, code, reason)
+            close = self._closers.get(conn_id)
+            if close is not None:
+                self._start_closing(close, code, reason)
 
     async def _forget(self, where: str, args: tuple) -> None:
         """Delete the matching instances with their connections and requests (inside the

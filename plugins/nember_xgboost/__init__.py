@@ -10,10 +10,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from nember_core import hookimpl
-from nember_core.errors import ModelFileRejected
-from nember_core.family_tools import decode_output, with_rows
-from nember_core.tree_ensemble import Tree, TreeEnsemble
+from nember_core.plugin_api import (
+    ModelFileRejected,
+    Predictor,
+    Tree,
+    TreeEnsemble,
+    decode_output,
+    hookimpl,
+)
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
 
@@ -23,7 +27,6 @@ DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
 class XGBoostFamily:
     name: str = "XGBoost"
     library_version: str = attrs.field(factory=lambda: f"xgboost {_version()}")
-    file_suffix: str = ".ubj"
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):
         import xgboost
@@ -50,8 +53,8 @@ class XGBoostFamily:
             return fast
         inplace = model.inplace_predict  # objectives the fast path doesn't know
         if model_type == "reg":
-            return lambda row: inplace(row)[0]
-        return lambda row: decode_output(inplace(row), model_type)[0]
+            return Predictor(lambda row: inplace(row)[0])
+        return Predictor(lambda row: decode_output(inplace(row), model_type)[0])
 
     def predict(self, model, model_type: str, X: np.ndarray):
         return decode_output(model.inplace_predict(X), model_type)
@@ -90,7 +93,7 @@ def fast_predictor(booster, model_type: str):
     base = library - ensemble(probe[0])
 
     if model_type == "reg" or objective in IDENTITY:
-        return with_rows(lambda row: float(ensemble(row[0])[0] + base[0]),
+        return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
                          lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
         one, half = np.float32(1), np.float32(0.5)
@@ -99,9 +102,9 @@ def fast_predictor(booster, model_type: str):
             margins = margins.astype(np.float32)
             return (one / (one + np.exp(-margins)) > half).astype(np.intp)
 
-        return with_rows(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+        return Predictor(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
                          lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
-    return with_rows(lambda row: int((ensemble(row[0]) + base).argmax()),
+    return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
                      lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from nember_core import hookimpl
-from nember_core.errors import ModelFileRejected
+from nember_core.plugin_api import ModelFileRejected, Predictor, hookimpl
 
 
 class BaselineFamily:
     name = "Baseline"
     library_version = "nember-baseline 0.1.0"
-    file_suffix = ".json"
 
     def fit(self, X, y, model_type, params):
         if params:
@@ -39,7 +37,7 @@ class BaselineFamily:
 
     def predictor(self, model, model_type):
         value = model["value"]
-        return lambda row: value
+        return Predictor(one=lambda row: value)
 
     def predict(self, model, model_type, X):
         return [model["value"]] * len(X)

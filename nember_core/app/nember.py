@@ -1,0 +1,80 @@
+"""Turning the config into live objects: the plugin picked for each role, and the families."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pluggy
+
+from nember_core.config import Config, load_config
+from nember_core.errors import ConfigError
+from nember_core.plugin_api import ModelFamily, PluginContext, Provider
+from nember_core.plugins import collect_families, collect_providers, plugin_manager
+from nember_core.services import Services
+from nember_core.stores import Stores
+
+
+@attrs.define
+class Nember:
+    """The loaded plugins and the validated config: what every command starts from."""
+
+    pm: pluggy.PluginManager
+    config: Config
+    providers: dict[str, dict[str, Provider]]
+    families: dict[str, ModelFamily]
+
+    @classmethod
+    def load(cls, config_file: str | None, extra_plugins=()) -> Nember:
+        pm = plugin_manager(extra_plugins)
+        providers = collect_providers(pm)
+        config = load_config(config_file, providers)
+        return cls(pm=pm, config=config, providers=providers, families=collect_families(pm))
+
+    def family(self, name: str) -> ModelFamily:
+        try:
+            return self.families[name]
+        except KeyError:
+            known = ", ".join(sorted(self.families))
+            raise ConfigError(f"no installed model family {name!r} (installed: {known})") from None
+
+    def provider(self, role: str) -> Provider:
+        """The provider the config picked for ``role``."""
+        return self.providers[role][self.config.section(role).plugin]
+
+    async def open(self) -> Stores:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        context = PluginContext(
+            data_dir=config.data_dir, node=config.server.node or socket.gethostname()
+        )
+        opened: dict[str, Any] = {}
+        try:
+            for role in ("key_store", "billing", "model_store", "connection_registry", "jobs"):
+                instance = self.provider(role).create(config.section(role).options, context)
+                opened[role] = await instance if inspect.isawaitable(instance) else instance
+        except BaseException:
+            for instance in opened.values():
+                await instance.close()
+            raise
+        return Stores(
+            node=context.node,
+            key_store=opened["key_store"],
+            billing=opened["billing"],
+            model_store=opened["model_store"],
+            registry=opened["connection_registry"],
+            jobs=opened["jobs"],
+        )
+
+    @contextlib.asynccontextmanager
+    async def services(self) -> AsyncIterator[Services]:
+        """The service layer over freshly opened stores (a command's), closed after."""
+        stores = await self.open()
+        try:
+            yield Services(self.config, self.families, stores)
+        finally:
+            await stores.close()

@@ -1,0 +1,169 @@
+"""The aiohttp application: routes, start-up and shutdown, TLS, and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from nember_core.errors import ConfigError, NemberError
+from nember_core.services import Services
+from nember_core.serving.gateway import Gateway
+from nember_core.serving.model_cache import ModelCache
+from nember_core.training.jobs import TrainingJobs
+from nember_core.trees.compiler import TreeCompiler
+from nember_core.web import CONTEXT, WebContext, add_routes, error_middleware
+
+from .nember import Nember
+
+log = structlog.get_logger("nember.server")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+WS_PATH = "/ws"
+
+
+def create_app(nember: Nember) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    state: dict[str, object] = {}
+
+    async def lifecycle(app: web.Application):
+        # Whatever opened before a failure is closed again: an SQLite connection left open
+        # keeps its thread, and the process, alive after the error.
+        async with contextlib.AsyncExitStack() as opened:
+            stores = await nember.open()
+            opened.push_async_callback(stores.close)
+            server = nember.config.server
+            compiler = None
+            if server.compile_trees:
+                compiler = TreeCompiler(nember.config.data_dir / "compiled")
+                opened.push_async_callback(compiler.close)
+            cache = ModelCache(
+                stores.model_store,
+                nember.families,
+                batch_above_us=server.batch_above_us if server.micro_batching else None,
+                max_batch=server.max_batch,
+                compiler=compiler,
+            )
+            gateway = Gateway(nember.config, stores, cache)
+            jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
+                                on_saved=cache.prefetch)
+            opened.push_async_callback(jobs.close)
+            app[GATEWAY] = gateway
+            app[CONTEXT] = WebContext(
+                services=Services(nember.config, nember.families, stores, jobs),
+                config=nember.config,
+            )
+            state["gateway"] = gateway
+            for task in (
+                asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
+                asyncio.create_task(
+                    gateway.watch_revocations(server.revocation_check_interval)
+                ),
+            ):
+                opened.push_async_callback(_cancelled, task)
+            yield
+
+    async def on_shutdown(app: web.Application) -> None:
+        gateway = state.get("gateway")
+        if gateway is not None:
+            await gateway.shutdown()
+
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await request.app[GATEWAY].handle(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get(WS_PATH, websocket)
+    add_routes(app, nember.config.dashboard)
+    return app
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def ssl_context(nember: Nember) -> ssl.SSLContext | None:
+    tls = nember.config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        where = nember.config.path or "<defaults>"
+        raise ConfigError(
+            f"{where}: server.tls: cannot load the certificate and key: {exc}"
+        ) from None
+    return context
+
+
+def _event_loop(nember: Nember) -> asyncio.AbstractEventLoop | None:
+    if nember.config.server.event_loop != "uvloop":
+        return None  # asyncio's own
+    try:
+        import uvloop
+    except ImportError:
+        where = nember.config.path or "<defaults>"
+        raise ConfigError(
+            f"{where}: server.event_loop: uvloop is not installed (pip install 'nember[uvloop]')"
+        ) from None
+    return uvloop.new_event_loop()
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets this process."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not on this platform, or not allowed
+        pass
+
+
+def serve(
+    nember: Nember,
+    host: str | None = None,
+    port: int | None = None,
+    ready: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain connections (close code 1001) and return.
+
+    ``reuse_port``: share the port with other processes (SO_REUSEPORT; ``--workers``).
+    """
+    server = nember.config.server
+    host = host or server.host
+    port = server.port if port is None else port
+    context = ssl_context(nember)
+    _raise_open_files_limit()
+    scheme = "wss" if context else "ws"
+    url = f"{scheme}://{host}:{port}{WS_PATH}"
+
+    def announce(_message: str) -> None:
+        log.info("server.listening", url=url, node=server.node or None)
+        if ready is not None:
+            ready(url)
+
+    try:
+        web.run_app(
+            create_app(nember),
+            loop=_event_loop(nember),
+            host=host,
+            port=port,
+            ssl_context=context,
+            shutdown_timeout=server.shutdown_timeout,
+            reuse_port=reuse_port or None,
+            print=announce,
+            access_log=None,
+        )
+    except OSError as exc:
+        raise NemberError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    log.info("server.stopped")

@@ -1,0 +1,274 @@
+"""The one module a Nember plugin imports: everything here is public and stays stable.
+
+A plugin (a model family, or a store for one of the config's roles) implements hooks from
+:mod:`nember_core.hookspecs` with ``@hookimpl`` and meets the core only through what this
+module names: the hook marker, the roles' interfaces, the records they exchange, the errors it
+may raise, and helpers for tree models and credentials. The first-party plugins in
+``plugins/`` import nothing else from ``nember_core`` (a test checks it), and neither should a
+third party's.
+
+Storage roles are async so that network stores (PostgreSQL, Redis) fit without touching the
+core. Model families are plain synchronous code: the core calls them in worker threads or
+processes, never per message on the event loop, except the ``Predictor`` they build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+import numpy as np
+
+from .credentials import (
+    VISIBLE_PREFIX_LENGTH,
+    check_password,
+    hash_password,
+    key_hash,
+    new_api_key,
+    new_id,
+)
+from .errors import AlreadyExists, InvalidData, ModelFileRejected, NemberError, NotFound
+from .hookspecs import hookimpl
+from .records import (
+    Account,
+    ApiKey,
+    Charge,
+    ConnectionUsage,
+    LiveConnection,
+    ModelKey,
+    ModelMeta,
+    NewApiKey,
+    TrainingJob,
+    utcnow,
+)
+from .trees.ensemble import Tree, TreeEnsemble
+
+__all__ = [
+    # hooks and providers
+    "hookimpl", "Provider", "PluginContext",
+    # the roles
+    "KeyStore", "BillingLedger", "ModelStore", "ConnectionRegistry", "CloseConnection",
+    "JobBoard", "JOB_HEARTBEAT_SECONDS", "ModelFamily", "Predictor", "RowPredictor",
+    "RowsPredictor",
+    # records
+    "Account", "ApiKey", "NewApiKey", "ModelKey", "ModelMeta", "Charge", "ConnectionUsage",
+    "LiveConnection", "TrainingJob", "utcnow",
+    # errors
+    "NemberError", "NotFound", "AlreadyExists", "InvalidData", "ModelFileRejected",
+    # helpers for families
+    "Tree", "TreeEnsemble", "decode_output",
+    # helpers for key stores
+    "new_id", "new_api_key", "key_hash", "hash_password", "check_password",
+    "VISIBLE_PREFIX_LENGTH",
+]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class PluginContext:
+    """What every storage plugin may use when it is created."""
+
+    data_dir: Path  # where embedded implementations keep their files
+    node: str  # this server's name, for stores shared by several nodes
+
+
+@attrs.frozen
+class Provider(Generic[T]):
+    """One named implementation of a role, as the config's ``plugin:`` field names it.
+
+    ``options``: an attrs class of the plugin's own keys in its config section (``None`` when
+    it takes none), validated at start-up; raise ``ValueError`` in its validators to refuse a
+    value. ``create(options, context)`` returns the implementation, or an awaitable of it.
+    """
+
+    name: str
+    create: Callable[[Any, PluginContext], T | Awaitable[T]]
+    options: type | None = None
+    # The role's embedded default, used when the config names no plugin (one per role).
+    default: bool = False
+    # Do instances in several processes (``--workers``, several nodes) see the same state?
+    shared_across_processes: bool = True
+
+
+class KeyStore(Protocol):
+    """Accounts, their API keys and dashboard sessions. Secrets are stored only as hashes."""
+
+    async def create_account(self, email: str, password: str) -> Account:
+        """Raise :class:`AlreadyExists` when the email is taken."""
+
+    async def account_by_email(self, email: str) -> Account | None: ...
+
+    async def check_password(self, email: str, password: str) -> Account | None: ...
+
+    async def create_key(self, account_id: str, name: str) -> NewApiKey: ...
+
+    async def list_keys(self, account_id: str) -> list[ApiKey]: ...
+
+    async def find_key(self, id_or_secret: str) -> ApiKey | None:
+        """The key with this id, or whose secret this is, active or revoked."""
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key whose secret this is, else ``None``."""
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke (idempotently) and return the key; :class:`NotFound` when there is none."""
+
+    async def create_session(self, account_id: str, lifetime_seconds: float) -> str:
+        """A new dashboard session; returns its token (stored only as a hash)."""
+
+    async def session_account(self, token: str) -> Account | None:
+        """The account of an unexpired session, else ``None``."""
+
+    async def delete_session(self, token: str) -> None: ...
+
+    async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
+        """Which of these keys are revoked now: how servers notice revocations made elsewhere."""
+
+    async def close(self) -> None: ...
+
+
+class BillingLedger(Protocol):
+    """Charges and usage. ``charge`` must be durable when it returns."""
+
+    async def charge(self, usage: ConnectionUsage, amount: Decimal, currency: str) -> Charge:
+        """Charge the connection once (the charge and its open usage row, atomically)."""
+
+    async def record_usage(self, usage: ConnectionUsage) -> None:
+        """Store how the connection ended (closed_at, close code/reason, counts)."""
+
+    async def charges(self, account_id: str) -> list[Charge]: ...
+
+    async def usage(self, account_id: str) -> list[ConnectionUsage]: ...
+
+    async def close(self) -> None: ...
+
+
+class ModelStore(Protocol):
+    """Trained model files and their metadata, by version."""
+
+    async def save(self, meta: ModelMeta, artifact: bytes) -> ModelMeta:
+        """Store atomically as the next version; return the meta with its version set."""
+
+    async def latest(self, key: ModelKey) -> ModelMeta | None: ...
+
+    async def latest_versions(self, keys: Sequence[ModelKey]) -> dict[ModelKey, int]:
+        """The newest version number of each of these models that has one, in one call:
+        how a server learns which of its cached models changed."""
+
+    async def read(self, meta: ModelMeta) -> bytes: ...
+
+    async def list(self, account_id: str) -> list[ModelMeta]:
+        """Every version of every model of the account."""
+
+    async def delete(self, meta: ModelMeta) -> None:
+        """Remove one version (the previous one, if any, becomes the newest)."""
+
+    async def generation(self) -> str:
+        """A cheap token that changes whenever any model is saved or deleted.
+
+        Servers poll it to pick up models trained elsewhere without polling every model.
+        """
+
+    async def close(self) -> None: ...
+
+
+# Closes one live connection with this close code and reason; handed to the registry with the
+# connection, so a registry never touches a socket.
+CloseConnection = Callable[[int, str], Awaitable[None]]
+
+
+class ConnectionRegistry(Protocol):
+    """The live connections of every account, for limits, listing and closing."""
+
+    async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
+        """Register ``conn`` unless its account already has ``limit`` live connections;
+        ``close`` is how to close it when asked (from this process or another)."""
+
+    async def remove(self, conn: LiveConnection) -> None: ...
+
+    async def list(self, account_id: str) -> list[LiveConnection]: ...
+
+    async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
+        """Start closing a connection wherever it lives; False when there is no such one."""
+
+    async def close(self) -> None: ...
+
+
+# The server writes a running job's state at least this often; a board may report a job that
+# nobody wrote for several of these as failed (its process died).
+JOB_HEARTBEAT_SECONDS = 5.0
+
+
+class JobBoard(Protocol):
+    """Training jobs' state, written by the process that runs each job, read by any."""
+
+    async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
+        """Store these jobs' state; keep at least the newest ``keep`` jobs."""
+
+    async def read(self, job_id: str) -> TrainingJob | None:
+        """The job as last written; a queued or running one nobody wrote for long is failed."""
+
+    async def close(self) -> None: ...
+
+
+# A trained model's single-row predictor: a 1 x n_features float64 array in, the raw output
+# (class index or label for ``class``, value for ``reg``) out.
+RowPredictor = Callable[[np.ndarray], Any]
+# The same for many rows: an n x n_features array in, n outputs out.
+RowsPredictor = Callable[[np.ndarray], Sequence[Any]]
+
+
+@attrs.frozen
+class Predictor:
+    """What a family's ``predictor`` builds for one loaded model.
+
+    ``one`` is called for every request, so it is the fastest correct single-row path the
+    library allows. ``many`` answers concurrent requests in one batch (without it, batches go
+    through the family's ``predict``). ``ensemble``: the trees ``one`` evaluates, for tree
+    models; the server then compiles them to native code in the background and switches.
+    """
+
+    one: RowPredictor
+    many: RowsPredictor | None = None
+    ensemble: TreeEnsemble | None = None
+
+
+class ModelFamily(Protocol):
+    """A kind of model (``DecisionTree``, ``XGBoost``...). Knows nothing of the server."""
+
+    name: str  # as written in requests' ``model_name``
+    library_version: str  # recorded in each model's metadata
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]
+    ) -> Any:
+        """Fit on X (samples x features); for ``class``, y holds class indices 0..k-1."""
+
+    def dumps(self, model: Any) -> bytes:
+        """Serialize to a format that cannot run code when it is loaded."""
+
+    def loads(self, data: bytes, model_type: str) -> Any:
+        """Load what ``dumps`` made; raise :class:`ModelFileRejected` for anything else."""
+
+    def predictor(self, model: Any, model_type: str) -> Predictor:
+        """The model's fast paths (see :class:`Predictor`)."""
+
+    def predict(self, model: Any, model_type: str, X: np.ndarray) -> Sequence[Any]:
+        """Batch predictions through the library's own API (evaluation and tests)."""
+
+
+def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:
+    """Turn a gradient-boosting booster's raw output into predictions.
+
+    For ``class``: probabilities to class indices, as the libraries' sklearn wrappers do (one
+    column: the positive class's probability; several: one per class). ``reg`` passes through.
+    """
+    if model_type == "reg":
+        return raw
+    if raw.ndim == 2:
+        return raw.argmax(axis=1)
+    return (raw > 0.5).astype(np.int64)

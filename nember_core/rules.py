@@ -1,0 +1,53 @@
+"""The rules a name, a window or a model type must meet, written once.
+
+The service layer checks them for the CLI, the REST API and the dashboard alike; the protocol
+and training use the same limits. A broken rule raises :class:`InvalidData` with a message
+that says what is expected.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import InvalidData
+
+MODEL_TYPES = ("class", "reg")
+MAX_NAME = 200  # characters in a strategy, key or model name
+MAX_WINDOW = 1000  # data points per sample
+MAX_FEATURES = 1000
+MIN_PASSWORD = 8
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def name(value: Any, what: str) -> str:
+    """A name of 1 to MAX_NAME characters, stripped; ``what`` says whose (``a key name``)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+        raise InvalidData(f"{what} must have 1 to {MAX_NAME} characters")
+    return value.strip()
+
+
+def model_type(value: Any) -> str:
+    if value not in MODEL_TYPES or not isinstance(value, str):
+        raise InvalidData(f"the model type must be 'class' or 'reg', not {value!r}")
+    return value
+
+
+def window(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WINDOW:
+        raise InvalidData(f"the window must be a whole number from 1 to {MAX_WINDOW}, "
+                          f"not {value!r}")
+    return value
+
+
+def email(value: str) -> str:
+    value = value.strip()
+    if not EMAIL.match(value):
+        raise InvalidData(f"{value!r} is not an email address")
+    return value
+
+
+def password(value: str) -> str:
+    if len(value) < MIN_PASSWORD:
+        raise InvalidData(f"the password must have at least {MIN_PASSWORD} characters")
+    return value

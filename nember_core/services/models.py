@@ -1,0 +1,120 @@
+"""Models: training (here, or as a background job), versions, deleting, families."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nember_core import rules
+from nember_core.errors import InvalidData, NemberError, NotFound
+from nember_core.plugin_api import ModelFamily
+from nember_core.records import ModelKey, ModelMeta, TrainingJob
+from nember_core.stores import Stores
+from nember_core.training.dataset import Dataset, read_csv
+from nember_core.training.trainer import Progress, train
+
+if TYPE_CHECKING:
+    from nember_core.training.jobs import TrainingJobs
+
+
+@attrs.frozen
+class TrainingRequest:
+    """What to train: the same fields from the CLI, the REST API and the demo."""
+
+    strat: str
+    family: str
+    model_type: str
+    data: Path  # a CSV in time order
+    target: str
+    window: int = 1
+    features: list[str] | None = None  # default: every numeric column but the target
+    params: dict[str, Any] = attrs.Factory(dict)
+    data_label: str | None = None  # how errors name the CSV (default: its path)
+
+
+@attrs.frozen
+class ModelVersion:
+    meta: ModelMeta
+    latest: bool
+
+
+class Models:
+    def __init__(self, stores: Stores, families: dict[str, ModelFamily],
+                 jobs: TrainingJobs | None = None):
+        self._store = stores.model_store
+        self.families = families
+        self._jobs = jobs  # only a server runs background jobs
+
+    def family(self, name: str) -> ModelFamily:
+        try:
+            return self.families[name]
+        except KeyError:
+            known = ", ".join(sorted(self.families))
+            raise InvalidData(f"no installed model family {name!r} (installed: {known})") from None
+
+    async def _check(self, account_id: str, request: TrainingRequest) -> tuple[ModelKey, Dataset]:
+        """Every rule, and the CSV read once: a wrong column is an error now, not a failed job."""
+        strat = rules.name(request.strat, "a strategy name")
+        family = self.family(request.family)
+        model_type = rules.model_type(request.model_type)
+        rules.window(request.window)
+        if request.features is not None and not request.features:
+            raise InvalidData("name at least one feature column")
+        if not isinstance(request.params, dict):
+            raise InvalidData("the hyperparameters must be a mapping of names to values")
+        try:
+            dataset = await asyncio.to_thread(read_csv, request.data, request.target,
+                                              request.features)
+        except InvalidData as exc:
+            if request.data_label is None:
+                raise
+            raise InvalidData(str(exc).replace(str(request.data), request.data_label)) from None
+        return ModelKey(account_id, strat, family.name, model_type), dataset
+
+    async def train(self, account_id: str, request: TrainingRequest,
+                    progress: Progress | None = None) -> ModelMeta:
+        """Train in this process (a thread) and store the new version."""
+        key, dataset = await self._check(account_id, request)
+        trained = await asyncio.to_thread(train, self.families[key.family], dataset, key,
+                                          request.window, request.params, progress)
+        return await self._store.save(trained.meta, trained.artifact)
+
+    async def submit(self, account_id: str, request: TrainingRequest,
+                     cleanup: Path | None = None) -> TrainingJob:
+        """Train in a worker process; ``cleanup`` (an upload) is deleted when it ends."""
+        if self._jobs is None:
+            raise NemberError("training jobs run only inside a server")
+        key, _dataset = await self._check(account_id, request)
+        spec = {"data": request.data, "target": request.target, "window": request.window,
+                "features": request.features, "params": request.params}
+        return await self._jobs.submit(spec, key, cleanup)
+
+    async def job(self, account_id: str, job_id: str) -> TrainingJob:
+        if self._jobs is None:
+            raise NotFound(f"no training job {job_id}")
+        return await self._jobs.get(account_id, job_id)
+
+    async def latest(self, key: ModelKey) -> ModelMeta | None:
+        return await self._store.latest(key)
+
+    async def versions(self, account_id: str) -> list[ModelVersion]:
+        """Every version of every model, newest first within each model."""
+        metas = await self._store.list(account_id)
+        newest: dict[str, int] = {}
+        for meta in metas:
+            newest[meta.key.id] = max(newest.get(meta.key.id, 0), meta.version)
+        metas.sort(key=lambda m: (m.key.strat, m.key.family, m.key.model_type, -m.version))
+        return [ModelVersion(m, m.version == newest[m.key.id]) for m in metas]
+
+    async def delete(self, account_id: str, wanted: str) -> list[ModelMeta]:
+        """``mdl_...-vN`` deletes that version; ``mdl_...`` the model, every version."""
+        doomed = [meta for meta in await self._store.list(account_id)
+                  if wanted in (meta.id, meta.key.id)]
+        if not doomed:
+            raise NotFound(f"no model {wanted}")
+        for meta in doomed:
+            await self._store.delete(meta)
+        return doomed

@@ -1,0 +1,225 @@
+"""A websocket connection's life: authenticate, charge, serve predictions, record usage.
+
+Storage is reached only here, at connect and close, through the opened stores; the per-frame
+work is in :mod:`nember_core.serving.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import attrs
+import structlog
+from aiohttp import WSMsgType, web
+
+from nember_core import credentials
+from nember_core.config import Config
+from nember_core.credentials import new_id
+from nember_core.records import ApiKey, LiveConnection, utcnow
+from nember_core.stores import Stores
+
+from . import protocol
+from .model_cache import ModelCache
+from .session import PredictionSession, RateLimiter
+
+log = structlog.get_logger("nember.ws")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+
+
+@attrs.define(eq=False)
+class Socket:
+    """This node's side of an authenticated connection: the record registries list, the
+    websocket, and the close code the server chose (if it closed it)."""
+
+    conn: LiveConnection
+    ws: web.WebSocketResponse = attrs.field(repr=False)
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        await self.ws.close(code=code, message=reason.encode())
+
+
+class Gateway:
+    def __init__(self, config: Config, stores: Stores, cache: ModelCache):
+        self.config = config
+        self.stores = stores
+        self.cache = cache
+        self.sockets: set[web.WebSocketResponse] = set()  # every open socket, authenticated or not
+        self.live: dict[str, Socket] = {}  # this node's authenticated connections
+        self.closing = False
+        self._closers: set[asyncio.Task] = set()  # close handshakes in flight
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        server = self.config.server
+        ws = web.WebSocketResponse(
+            heartbeat=server.heartbeat,
+            max_msg_size=server.max_message_size,
+            compress=False,  # tiny, frequent frames: compression costs more than it saves
+        )
+        await ws.prepare(request)
+        if self.closing:
+            await ws.close(code=protocol.GOING_AWAY, message=b"Server shutting down")
+            return ws
+        self.sockets.add(ws)
+        try:
+            accepted = await self._authenticate(ws, request)
+            if accepted is not None:
+                socket, secret = accepted
+                try:
+                    await ws.send_frame(protocol.VALID_KEY, _TEXT)
+                    await self._serve(ws, socket.conn, secret)
+                finally:
+                    await self._release(socket)
+        except ConnectionError:
+            pass  # the peer vanished mid-write; usage is recorded all the same
+        finally:
+            self.sockets.discard(ws)
+        return ws
+
+    async def _authenticate(self, ws: web.WebSocketResponse, request: web.Request):
+        remote = request.remote or ""
+        try:
+            msg = await ws.receive(timeout=self.config.server.auth_timeout)
+        except asyncio.TimeoutError:
+            log.info("auth.refused", remote=remote, reason="timeout")
+            await ws.close(code=protocol.POLICY_VIOLATION, message=b"Authentication timeout")
+            return None
+        if msg.type not in (_TEXT, _BINARY):
+            return None  # closed before authenticating
+        secret = msg.data.strip() if msg.type is _TEXT else ""
+        key = None
+        if secret and len(secret) <= credentials.MAX_KEY_LENGTH:
+            key = await self.stores.key_store.authenticate(secret)
+        if key is None:
+            log.info("auth.refused", remote=remote, reason="invalid key")
+            return await self._refuse(ws, protocol.INVALID_KEY, b"Invalid API key")
+
+        if ws.closed:
+            return None  # the peer left while its key was checked: nothing to charge
+        socket = Socket(self._connection(key, remote), ws)
+        conn = socket.conn
+        limit = self.config.server.max_connections_per_account
+        if not await self.stores.registry.add(conn, limit, socket.close):
+            log.info("auth.refused", remote=remote, key_id=key.id, reason="connection limit")
+            return await self._refuse(ws, protocol.LIMIT_REACHED, b"Connection limit reached")
+        try:
+            billing = self.config.billing
+            await self.stores.billing.charge(conn.usage(), billing.price, billing.currency)
+        except Exception as exc:
+            await self.stores.registry.remove(conn)
+            log.error("billing.charge_failed", connection_id=conn.id, error=repr(exc))
+            await ws.close(code=1011, message=b"Internal error")
+            return None
+        self.live[conn.id] = socket
+        log.info(
+            "connection.open",
+            connection_id=conn.id,
+            account_id=conn.account_id,
+            key_id=conn.key_id,
+            remote=remote,
+            node=conn.node,
+        )
+        return socket, secret
+
+    async def _refuse(self, ws: web.WebSocketResponse, answer: bytes, reason: bytes) -> None:
+        await ws.send_frame(answer, _TEXT)
+        await ws.close(code=protocol.POLICY_VIOLATION, message=reason)
+        return None
+
+    def _connection(self, key: ApiKey, remote: str) -> LiveConnection:
+        return LiveConnection(
+            id=new_id("conn"),
+            account_id=key.account_id,
+            key_id=key.id,
+            key_name=key.name,
+            remote=remote,
+            node=self.stores.node,
+            opened_at=utcnow(),
+        )
+
+    async def _serve(self, ws: web.WebSocketResponse, conn: LiveConnection, secret: str) -> None:
+        limits = self.config.server.rate_limit
+        session = PredictionSession(
+            conn, secret, self.cache, RateLimiter(limits.per_second, limits.burst)
+        )
+        receive, send, answer = ws.receive, ws.send_frame, session.answer
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is not _TEXT and kind is not _BINARY:
+                return  # close, error or connection lost
+            out = answer(msg.data, kind is _TEXT)
+            if type(out) is not bytes:  # a model to look up, or a prediction in a batch
+                out = await session.complete(out, msg.data)
+            await send(out, _TEXT)
+
+    async def _release(self, socket: Socket) -> None:
+        conn, ws = socket.conn, socket.ws
+        self.live.pop(conn.id, None)
+        await self.stores.registry.remove(conn)
+        usage = conn.usage()
+        usage.closed_at = utcnow()
+        # The peer echoes the server's close code or sends its own; the server's wins.
+        usage.close_code = socket.close_code or ws.close_code
+        usage.close_reason = socket.close_reason or _close_reason(ws.close_code)
+        try:
+            await self.stores.billing.record_usage(usage)
+        except Exception as exc:
+            log.error("billing.usage_failed", connection_id=conn.id, error=repr(exc))
+        log.info(
+            "connection.close",
+            connection_id=conn.id,
+            account_id=conn.account_id,
+            close_code=usage.close_code,
+            close_reason=usage.close_reason,
+            predictions=conn.predictions,
+            errors=conn.errors,
+            seconds=round(time.time() - conn.opened_at.timestamp(), 3),
+        )
+
+    async def watch_revocations(self, interval: float) -> None:
+        """Close, with 4401, live connections whose key was revoked anywhere."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.live:
+                continue
+            try:
+                revoked = await self.stores.key_store.revoked_among(
+                    {s.conn.key_id for s in self.live.values()}
+                )
+            except Exception as exc:
+                log.error("revocation.check_failed", error=repr(exc))
+                continue
+            for socket in [s for s in self.live.values() if s.conn.key_id in revoked]:
+                if socket.close_code is None:
+                    # In the background: a slow peer's close handshake must not delay others.
+                    task = asyncio.create_task(
+                        socket.close(protocol.KEY_REVOKED, "API key revoked")
+                    )
+                    self._closers.add(task)
+                    task.add_done_callback(self._closers.discard)
+
+    async def shutdown(self) -> None:
+        """Stop accepting and close every socket with 1001; handlers then record usage."""
+        self.closing = True
+        live = list(self.live.values())
+        pending = self.sockets - {socket.ws for socket in live}  # not yet authenticated
+        await asyncio.gather(
+            *(socket.close(protocol.GOING_AWAY, "server shutdown") for socket in live),
+            *(ws.close(code=protocol.GOING_AWAY, message=b"server shutdown") for ws in pending),
+            return_exceptions=True,
+        )
+
+
+def _close_reason(code: int | None) -> str:
+    if code == 1009:
+        return "message too big"
+    if code in (1000, 1001) or (code is not None and 3000 <= code < 5000):
+        return "closed by client"
+    return "connection lost"

@@ -1,0 +1,146 @@
+"""One authenticated connection's request handling: frame in, answer frame out.
+
+This is the hot path. It does no I/O, calls no hook and takes no lock: the model comes from
+the in-memory cache, and the only case that needs to wait (a model not yet loaded) is handed
+back to the caller as the key to load.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from nember_core.records import ModelKey
+
+from . import protocol
+from .model_cache import MISSING, ModelCache
+from .protocol import RequestError
+
+log = structlog.get_logger("nember.ws")
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` frames per second on average, bursts up to ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.stamp = clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+
+class Pending:
+    """A request whose prediction comes with a batch; the rest of its answer is ready."""
+
+    __slots__ = ("key", "model", "future", "seq", "new", "request_id")
+
+    def __init__(self, key: ModelKey, model, future, seq: int, new: bool, request_id: Any):
+        self.key, self.model, self.future = key, model, future
+        self.seq, self.new, self.request_id = seq, new, request_id
+
+
+class PredictionSession:
+    __slots__ = ("conn", "api_key", "cache", "limiter", "seq", "seen", "rate_message")
+
+    def __init__(self, conn, api_key: str, cache: ModelCache, limiter: RateLimiter):
+        self.conn = conn  # the LiveConnection whose counters this session keeps
+        self.api_key = api_key
+        self.cache = cache
+        self.limiter = limiter
+        self.seq = 0
+        self.seen: dict[ModelKey, int] = {}  # model version last used, per model, on this socket
+        self.rate_message = (
+            f"Rate limit exceeded: at most {limiter.rate:g} requests per second "
+            f"(bursts of {limiter.burst:g}) on one connection; slow down."
+        )
+
+    def answer(self, data: str | bytes, is_text: bool) -> bytes | ModelKey | Pending:
+        """Answer the next request frame; or return what to wait for first (the ModelKey to
+        load, or a prediction in a batch): then ``complete`` gives the answer."""
+        self.seq += 1
+        self.conn.last_request_at = time.time()
+        if not self.limiter.allow():
+            return self._error(self.rate_message, protocol.NO_ID)
+        if not is_text:
+            return self._error(
+                "Binary frames are not accepted; send each request as a JSON text frame.",
+                protocol.NO_ID,
+            )
+        return self._answer(data, may_load=True)
+
+    async def complete(self, waiting: ModelKey | Pending, data: str | bytes) -> bytes:
+        """The answer to a frame that ``answer`` could not finish at once."""
+        if type(waiting) is ModelKey:
+            await self.cache.load(waiting)
+            waiting = self._answer(data, may_load=False)  # once: the lookup is now cached
+            if type(waiting) is bytes:
+                return waiting
+        try:
+            raw = await waiting.future
+            prediction = waiting.model.label(raw)
+        except Exception as exc:
+            log.error("predict.failed", connection_id=self.conn.id, error=repr(exc))
+            if waiting.new:  # nothing was predicted: the next success is still the first
+                self.seen.pop(waiting.key, None)
+            return self._error("The model could not make a prediction for this input.",
+                               waiting.request_id, waiting.seq)
+        self.conn.predictions += 1
+        return protocol.success(waiting.seq, waiting.new, prediction, waiting.request_id)
+
+    def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey | Pending:
+        request_id: Any = protocol.NO_ID
+        try:
+            request = protocol.parse(data)
+            request_id = protocol.request_id(request)
+            strat, family, model_type = protocol.model_selector(request, self.api_key)
+            key = ModelKey(self.conn.account_id, strat, family, model_type)
+            model = self.cache.get(key)
+            if model is MISSING:
+                if may_load:
+                    return key
+                model = None
+            if model is None:
+                return self._error(protocol.NOT_FOUND, request_id)
+            if model.batcher is not None and not model.batcher.direct():
+                # A costly model asked by many at once: predicted with this turn's batch.
+                row = model.extractor.row(request["DataPoints"])
+                return Pending(key, model, model.batcher.submit(row), self.seq,
+                               self._is_new(key, model), request_id)
+            prediction = model.predict(request["DataPoints"])
+        except RequestError as exc:
+            return self._error(str(exc), request_id)
+        except Exception as exc:  # a library failure on odd input: answer, never crash
+            log.error("predict.failed", connection_id=self.conn.id, error=repr(exc))
+            return self._error("The model could not make a prediction for this input.", request_id)
+        self.conn.predictions += 1
+        return protocol.success(self.seq, self._is_new(key, model), prediction, request_id)
+
+    def _is_new(self, key: ModelKey, model) -> bool:
+        """The first use of this model version on this connection?"""
+        if self.seen.get(key) == model.version:
+            return False
+        self.seen[key] = model.version
+        return True
+
+    def _error(self, message: str, request_id: Any, seq: int | None = None) -> bytes:
+        seq = self.seq if seq is None else seq
+        self.conn.errors += 1
+        log.info("request.error", connection_id=self.conn.id, seq_num=seq, error=message)
+        return protocol.error(seq, message, request_id)

@@ -1,0 +1,158 @@
+"""``/api/models`` and ``/api/jobs``: list, train from an uploaded CSV, follow, delete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+from nember_core.records import ModelMeta, TrainingJob
+from nember_core.services import TrainingRequest
+
+from .auth import caller
+from .context import CONTEXT, iso, items, services
+from .errors import ApiError
+
+FIELDS = ("strat", "model", "type", "target", "window", "features", "params")
+CHUNK = 256 * 1024
+
+
+def describe(meta: ModelMeta, latest: bool) -> dict:
+    example = {
+        "strat_name": meta.key.strat,
+        "model_name": meta.key.family,
+        "model_type": meta.key.model_type,
+        "DataPoints": [{name: 0.0 for name in meta.features} for _ in range(meta.window)],
+    }
+    return {
+        "id": meta.id,
+        "model_id": meta.key.id,
+        "strat": meta.key.strat,
+        "model": meta.key.family,
+        "type": meta.key.model_type,
+        "version": meta.version,
+        "latest": latest,
+        "features": list(meta.features),
+        "window": meta.window,
+        "target": meta.target,
+        "classes": None if meta.classes is None else list(meta.classes),
+        "params": meta.params,
+        "metrics": meta.metrics,
+        "samples": meta.samples,
+        "family_version": meta.family_version,
+        "trained_at": iso(meta.trained_at),
+        "training_seconds": meta.training_seconds,
+        "request_example": example,
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    me = await caller(request)
+    versions = await services(request).models.versions(me.account_id)
+    return items([describe(v.meta, v.latest) for v in versions])
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """``mdl_...-vN`` deletes that version; ``mdl_...`` deletes the model, every version."""
+    me = await caller(request)
+    doomed = await services(request).models.delete(me.account_id, request.match_info["id"])
+    return web.json_response({"deleted": [meta.id for meta in doomed]})
+
+
+async def train_model(request: web.Request) -> web.Response:
+    me = await caller(request)
+    config = request.app[CONTEXT].config
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "Send the training request as multipart/form-data with the CSV as "
+                            "'data'.")
+    uploads = config.data_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    path = uploads / f"{uuid.uuid4().hex}.csv"
+    try:
+        fields = await _read_form(request, path, config.server.max_upload_size)
+        job = await services(request).models.submit(
+            me.account_id, _training_request(fields, path), cleanup=path
+        )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return web.json_response(job_json(job), status=202)
+
+
+async def _read_form(request: web.Request, path, limit: int) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    got_data = False
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if part.name == "data":
+            size = 0
+            with open(path, "wb") as out:
+                while chunk := await part.read_chunk(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"The CSV is larger than the limit of {limit} bytes.")
+                    out.write(chunk)
+            got_data = True
+        elif part.name in FIELDS:
+            fields[part.name] = (await part.text()).strip()
+        else:
+            raise ApiError(422, f"Unknown form field {part.name!r}; expected 'data' and "
+                                f"{', '.join(repr(f) for f in FIELDS)}.")
+    if not got_data:
+        raise ApiError(422, "The CSV file is missing: send it as the form field 'data'.")
+    return fields
+
+
+def _training_request(fields: dict[str, str], path) -> TrainingRequest:
+    """The form's fields as a request; the service layer checks the rest."""
+    for name in ("strat", "model", "type", "target"):
+        if not fields.get(name):
+            raise ApiError(422, f"The form field {name!r} is required.")
+    try:
+        window = int(fields.get("window") or 1)
+    except ValueError:
+        raise ApiError(422, "'window' must be a whole number.") from None
+    features = None
+    if fields.get("features"):
+        features = [name.strip() for name in fields["features"].split(",") if name.strip()]
+    try:
+        params = json.loads(fields.get("params") or "{}")
+    except ValueError:
+        raise ApiError(422, "'params' must be a JSON object of hyperparameters.") from None
+    if not isinstance(params, dict):
+        raise ApiError(422, "'params' must be a JSON object of hyperparameters.")
+    return TrainingRequest(strat=fields["strat"], family=fields["model"],
+                           model_type=fields["type"], data=path, target=fields["target"],
+                           window=window, features=features, params=params,
+                           data_label="the CSV")
+
+
+def job_json(job: TrainingJob) -> dict:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "progress": job.progress,
+        "stage": job.stage,
+        "error": job.error,
+        "model_id": job.model_id,
+        "version": job.version,
+        "strat": job.key.strat,
+        "model": job.key.family,
+        "type": job.key.model_type,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+async def get_job(request: web.Request) -> web.Response:
+    me = await caller(request)
+    job = await services(request).models.job(me.account_id, request.match_info["id"])
+    return web.json_response(job_json(job))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/models", list_models)
+    router.add_post("/api/models", train_model)
+    router.add_delete("/api/models/{id}", delete_model)
+    router.add_get("/api/jobs/{id}", get_job)

@@ -1,0 +1,168 @@
+"""The OpenAPI 3.1 description of the REST API, served at ``/api/openapi.json``.
+
+A test checks that its paths and methods are exactly the app's ``/api/`` routes.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from nember_core import __version__
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _list_of(name: str) -> dict:
+    return {"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "items": _ref(name)}}}
+
+
+ERROR = _json(_ref("Error"), "An error, as one clear sentence")
+TIME = {"type": ["string", "null"], "format": "date-time"}
+ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): ERROR for code in (401, *codes)}
+
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"],
+              "properties": {"error": {"type": "string"}}},
+    "Key": {"type": "object", "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "prefix": {"type": "string"},
+        "created_at": TIME, "revoked_at": TIME, "live_connections": {"type": "integer"}}},
+    "NewKey": {"allOf": [_ref("Key"), {"type": "object", "required": ["key"], "properties": {
+        "key": {"type": "string", "description": "The full API key, shown only this once."}}}]},
+    "Model": {"type": "object", "properties": {
+        "id": {"type": "string", "description": "This version: model_id-vN"},
+        "model_id": {"type": "string", "description": "The model, every version"},
+        "strat": {"type": "string"}, "model": {"type": "string"},
+        "type": {"enum": ["class", "reg"]}, "version": {"type": "integer"},
+        "latest": {"type": "boolean"}, "features": {"type": "array", "items": {"type": "string"}},
+        "window": {"type": "integer"}, "target": {"type": "string"},
+        "classes": {"type": ["array", "null"]}, "params": {"type": "object"},
+        "metrics": {"type": "object"}, "samples": {"type": "integer"},
+        "family_version": {"type": "string"}, "trained_at": TIME,
+        "training_seconds": {"type": "number"},
+        "request_example": {"type": "object", "description": "A websocket request to paste"}}},
+    "Job": {"type": "object", "properties": {
+        "id": {"type": "string"},
+        "state": {"enum": ["queued", "running", "succeeded", "failed"]},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "stage": {"type": "string"}, "error": {"type": ["string", "null"]},
+        "model_id": {"type": ["string", "null"], "description": "The trained version's id"},
+        "version": {"type": ["integer", "null"]}, "strat": {"type": "string"},
+        "model": {"type": "string"}, "type": {"type": "string"},
+        "created_at": TIME, "finished_at": TIME}},
+    "Connection": {"type": "object", "properties": {
+        "id": {"type": "string"}, "key_id": {"type": "string"}, "key_name": {"type": "string"},
+        "remote": {"type": "string"}, "node": {"type": "string"}, "opened_at": TIME,
+        "predictions": {"type": "integer"}, "errors": {"type": "integer"},
+        "last_request_at": TIME}},
+    "ConnectionUsage": {"type": "object", "properties": {
+        "connection_id": {"type": "string"}, "key_id": {"type": "string"},
+        "remote": {"type": "string"}, "opened_at": TIME, "closed_at": TIME,
+        "close_code": {"type": ["integer", "null"]},
+        "close_reason": {"type": ["string", "null"]}, "live": {"type": "boolean"},
+        "predictions": {"type": "integer"}, "errors": {"type": "integer"},
+        "amount": {"type": "string", "description": "Decimal, exact"},
+        "currency": {"type": "string"}}},
+    "Usage": {"type": "object", "required": ["items", "days", "totals", "currency"],
+              "properties": {
+                  "currency": {"type": "string"},
+                  "items": {"type": "array", "items": _ref("ConnectionUsage")},
+                  "days": {"type": "array", "items": {"type": "object"}},
+                  "totals": {"type": "object"}}},
+}
+
+PATHS = {
+    "/api/openapi.json": {"get": {
+        "summary": "This document", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    "/api/keys": {
+        "get": {"summary": "The account's API keys",
+                "responses": {"200": _json(_list_of("Key"), "Keys"), **_errors()}},
+        "post": {"summary": "Create an API key",
+                 "requestBody": {"content": {"application/json": {"schema": {
+                     "type": "object", "properties": {"name": {"type": "string"}}}}}},
+                 "responses": {"201": _json(_ref("NewKey"), "The new key, shown once"),
+                               **_errors(400, 422)}}},
+    "/api/keys/{id}": {"delete": {
+        "summary": "Revoke a key; its live connections close with 4401",
+        "parameters": ID_PARAM,
+        "responses": {"200": _json(_ref("Key"), "The revoked key"), **_errors(404)}}},
+    "/api/models": {
+        "get": {"summary": "Every version of the account's models",
+                "responses": {"200": _json(_list_of("Model"), "Models"), **_errors()}},
+        "post": {"summary": "Train a model from a CSV (a background job)",
+                 "requestBody": {"required": True, "content": {"multipart/form-data": {
+                     "schema": {"type": "object", "required": ["data", "strat", "model", "type",
+                                                               "target"],
+                                "properties": {
+                                    "data": {"type": "string", "format": "binary"},
+                                    "strat": {"type": "string"}, "model": {"type": "string"},
+                                    "type": {"enum": ["class", "reg"]},
+                                    "target": {"type": "string"},
+                                    "window": {"type": "integer", "default": 1},
+                                    "features": {"type": "string",
+                                                 "description": "Comma-separated"},
+                                    "params": {"type": "string",
+                                               "description": "JSON object"}}}}}},
+                 "responses": {"202": _json(_ref("Job"), "The queued job"),
+                               **_errors(400, 413, 422)}}},
+    "/api/models/{id}": {"delete": {
+        "summary": "Delete a version (model_id-vN) or a model with every version (model_id)",
+        "parameters": ID_PARAM,
+        "responses": {"200": _json({"type": "object"}, "What was deleted"), **_errors(404)}}},
+    "/api/jobs/{id}": {"get": {
+        "summary": "A training job's state and progress", "parameters": ID_PARAM,
+        "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}}},
+    "/api/families": {"get": {
+        "summary": "The installed model families",
+        "responses": {"200": _json({"type": "object", "properties": {"items": {
+            "type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "library_version": {"type": "string"}}}}}},
+            "Families"), **_errors()}}},
+    "/api/connections": {"get": {
+        "summary": "The account's live websocket connections",
+        "responses": {"200": _json(_list_of("Connection"), "Connections"), **_errors()}}},
+    "/api/connections/{id}": {"delete": {
+        "summary": "Close a live connection with code 4000", "parameters": ID_PARAM,
+        "responses": {"200": _json({"type": "object"}, "Closed"), **_errors(404)}}},
+    "/api/usage": {"get": {
+        "summary": "Charges and counts per connection and per day, with totals",
+        "parameters": [{"name": "format", "in": "query", "required": False,
+                        "schema": {"enum": ["json", "csv"]}}],
+        "responses": {"200": _json(_ref("Usage"), "Usage (text/csv with format=csv)"),
+                      **_errors()}}},
+}
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "Nember REST API", "version": __version__,
+             "description": "Accounts' API keys, models, training jobs, live connections and "
+                            "usage. Times are ISO 8601 in UTC with microseconds."},
+    "security": [{"bearer": []}, {"session": []}],
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An API key of the account"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "nember_session",
+                        "description": "The dashboard's session; changes also need the "
+                                       "X-CSRF-Token header"},
+        },
+        "schemas": SCHEMAS,
+    },
+    "paths": PATHS,
+}
+
+
+async def handler(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)

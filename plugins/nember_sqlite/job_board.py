@@ -1,0 +1,97 @@
+"""Training jobs' state in an SQLite file, so that every server process can answer for them.
+
+Under ``nember serve --workers N`` the process that runs a job is not always the one a
+dashboard's next ``GET /api/jobs/{id}`` reaches. The running process writes each job's state
+here and rewrites the running ones at least every ``JOB_HEARTBEAT_SECONDS``; any process reads
+them back. A running job whose process stopped writing for ``ORPHANED_AFTER`` seconds was lost
+with that process, and reads as failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+
+from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, ModelKey, TrainingJob
+
+from .db import connect
+
+ORPHANED_AFTER = 6 * JOB_HEARTBEAT_SECONDS
+LOST = "the server process running this job stopped; train the model again"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    strat TEXT NOT NULL,
+    family TEXT NOT NULL,
+    model_type TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL,
+    stage TEXT NOT NULL,
+    error TEXT,
+    model_id TEXT,
+    version INTEGER,
+    finished_at TEXT,
+    written_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+"""
+COLUMNS = ("id", "account_id", "strat", "family", "model_type", "created_at", "state",
+           "progress", "stage", "error", "model_id", "version", "finished_at")
+
+
+class SqliteJobBoard:
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteJobBoard:
+        return cls(await connect(path, SCHEMA, durable=False))  # progress, not money
+
+    async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
+        now = time.time()
+        await self._db.executemany(
+            f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}, written_at) "
+            f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+            [(job.id, job.account_id, job.key.strat, job.key.family, job.key.model_type,
+              job.created_at.isoformat(), job.state, job.progress, job.stage, job.error,
+              job.model_id, job.version,
+              job.finished_at.isoformat() if job.finished_at else None, now)
+             for job in jobs],
+        )
+        await self._db.execute(
+            "DELETE FROM jobs WHERE id NOT IN "
+            "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)", (keep,)
+        )
+        await self._db.commit()
+
+    async def read(self, job_id: str) -> TrainingJob | None:
+        cursor = await self._db.execute(
+            f"SELECT {', '.join(COLUMNS)}, written_at FROM jobs WHERE id = ?", (job_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        fields = dict(zip(COLUMNS, row, strict=False))
+        job = TrainingJob(
+            id=fields["id"], account_id=fields["account_id"],
+            key=ModelKey(fields["account_id"], fields["strat"], fields["family"],
+                         fields["model_type"]),
+            created_at=datetime.fromisoformat(fields["created_at"]), state=fields["state"],
+            progress=fields["progress"], stage=fields["stage"], error=fields["error"],
+            model_id=fields["model_id"], version=fields["version"],
+            finished_at=(datetime.fromisoformat(fields["finished_at"])
+                         if fields["finished_at"] else None),
+        )
+        if job.state in ("queued", "running") and time.time() - row[-1] > ORPHANED_AFTER:
+            job.state, job.error = "failed", LOST
+        return job
+
+    async def close(self) -> None:
+        await self._db.close()
