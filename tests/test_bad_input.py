@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import REQUEST, ask, authed, request
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 P = [{"point1": 3, "point2": 2}, {"point1": 1, "point2": 3}]
 EXPECTS = "the model expects 'point1', 'point2'."
 

@@ -9,9 +9,12 @@ import sqlite3
 import time
 
 import aiohttp
+import pytest
 
 from tests.harness import Server, run_cli, write_config
 from tests.helpers import ask, authed, request
+
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
 
 def ledger(workspace):

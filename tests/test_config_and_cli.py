@@ -6,6 +6,8 @@ import pytest
 
 from tests.harness import PASSWORD, run_cli, write_prices
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 
 def fails(config, *args, env=None) -> str:
     result = run_cli(config, *args, env=env, check=False)

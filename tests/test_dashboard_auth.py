@@ -8,6 +8,8 @@ from yarl import URL
 
 from tests.harness import PASSWORD, Server, write_config
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 
 @pytest.fixture(scope="module")
 def site(trained, tmp_path_factory):

@@ -12,6 +12,8 @@ import pytest
 
 from tests.harness import Server, write_config
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ import pytest
 from tests.harness import Server
 from tests.helpers import ask, authed
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 FAMILIES = ["DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
             "XGBoost", "LightGBM"]
 WINDOW = 2

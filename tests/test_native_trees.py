@@ -29,6 +29,8 @@ from .harness import (
 from .helpers import ask, authed
 from .synthetic import dataset
 
+pytestmark = pytest.mark.e2e  # gcc and real nember processes: `pytest -m e2e`
+
 require_service(unavailable_reason())
 FAMILIES = collect_families(plugin_manager())
 X, TARGETS, ROWS = dataset(7)

@@ -14,6 +14,8 @@ from nember_core import hookspecs
 from tests.harness import Server, run_cli
 from tests.helpers import ask, authed
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.harness import Server, write_config
 from tests.helpers import REQUEST, ask, authed, request
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 NEW = "New model configuration added, prediction made"
 EXISTING = "Existing model data used for prediction"
 NOT_FOUND = "Model configuration not found in the backend."

@@ -13,6 +13,8 @@ import pytest
 from tests.harness import Server, run_cli
 from tests.helpers import ask, authed, request
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
 

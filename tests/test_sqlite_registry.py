@@ -96,3 +96,22 @@ async def test_an_instance_forgotten_during_a_stall_registers_again(tmp_path):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_cancelled_call_leaves_no_transaction_open(tmp_path):
+    """A handler cancelled mid-remove (a lost peer, a shutdown past its timeout) must not
+    leave the shared connection inside a transaction, failing every later connection."""
+    a, b = await _pair(tmp_path)
+    try:
+        one = Conn("c1")
+        assert await _add(a, one, 5)
+        for _ in range(20):  # cancel it at different points of its transaction
+            removing = asyncio.create_task(a.remove(one))
+            await asyncio.sleep(0)
+            removing.cancel()
+            await asyncio.gather(removing, return_exceptions=True)
+            assert await _add(a, one, 5)
+        assert [c.id for c in await b.list("acct_1")] == ["c1"]
+    finally:
+        await a.close()
+        await b.close()

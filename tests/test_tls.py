@@ -11,6 +11,8 @@ import trustme
 from tests.harness import Server, write_config
 from tests.helpers import ask, authed, request
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 
 @pytest.fixture
 def tls_server(trained, tmp_path):

@@ -20,6 +20,8 @@ import pytest
 from .harness import PASSWORD, Server, run_cli, wait_until, write_config
 from .helpers import ask, authed
 
+pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
+
 FRAME = {"strat_name": "example_strategy", "model_name": "DecisionTree", "model_type": "class",
          "DataPoints": [{"point1": 0.1, "point2": -0.3}, {"point1": 0.5, "point2": 0.2}]}
 

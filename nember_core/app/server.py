@@ -49,6 +49,7 @@ def create_app(nember: Nember) -> web.Application:
                 compiler=compiler,
             )
             gateway = Gateway(nember.config, stores, cache)
+            opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
                                 on_saved=cache.prefetch)
             opened.push_async_callback(jobs.close)

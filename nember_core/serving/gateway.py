@@ -54,6 +54,7 @@ class Gateway:
         self.live: dict[str, Socket] = {}  # this node's authenticated connections
         self.closing = False
         self._closers: set[asyncio.Task] = set()  # close handshakes in flight
+        self._releasing: set[asyncio.Task] = set()  # connections' ends being recorded
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         server = self.config.server
@@ -75,7 +76,12 @@ class Gateway:
                     await ws.send_frame(protocol.VALID_KEY, _TEXT)
                     await self._serve(ws, socket.conn, secret)
                 finally:
-                    await self._release(socket)
+                    # Its own task: a cancelled handler (a shutdown past its timeout) must
+                    # still leave the registry and record the usage.
+                    release = asyncio.ensure_future(self._release(socket))
+                    self._releasing.add(release)
+                    release.add_done_callback(self._releasing.discard)
+                    await asyncio.shield(release)
         except ConnectionError:
             pass  # the peer vanished mid-write; usage is recorded all the same
         finally:
@@ -204,6 +210,11 @@ class Gateway:
                     )
                     self._closers.add(task)
                     task.add_done_callback(self._closers.discard)
+
+    async def drain(self) -> None:
+        """Until every ended connection is recorded (before the stores close)."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def shutdown(self) -> None:
         """Stop accepting and close every socket with 1001; handlers then record usage."""

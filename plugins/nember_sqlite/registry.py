@@ -15,6 +15,7 @@ are no live connections to remember anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from datetime import datetime
@@ -90,6 +91,21 @@ class SqliteConnectionRegistry:
         registry._beating = asyncio.create_task(registry._beat_forever())
         return registry
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str | None = None):
+        """The shared connection for one transaction at a time, committed at the end and
+        rolled back on any error or cancellation: left open, it would fail every later one
+        ("cannot start a transaction within a transaction")."""
+        async with self._lock:
+            if begin is not None:
+                await self._db.execute(begin)
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+
     def _row(self, conn: LiveConnection) -> tuple:
         return (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
                 conn.key_name, conn.remote, conn.opened_at.isoformat())
@@ -98,23 +114,17 @@ class SqliteConnectionRegistry:
         return time.time() - STALE_AFTER * self._heartbeat
 
     async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")  # the count and the insert, atomically
-            try:
-                cursor = await self._db.execute(
-                    "SELECT COUNT(*) FROM connections JOIN instances USING (instance) "
-                    "WHERE account_id = ? AND seen_at >= ?",
-                    (conn.account_id, self._alive_since()),
-                )
-                (count,) = await cursor.fetchone()
-                if count >= limit:
-                    await self._db.rollback()
-                    return False
-                await self._db.execute(INSERT, self._row(conn))
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        # The count and the insert in one write transaction: limits hold across processes.
+        async with self._transaction("BEGIN IMMEDIATE") as db:
+            cursor = await db.execute(
+                "SELECT COUNT(*) FROM connections JOIN instances USING (instance) "
+                "WHERE account_id = ? AND seen_at >= ?",
+                (conn.account_id, self._alive_since()),
+            )
+            (count,) = await cursor.fetchone()
+            if count >= limit:
+                return False
+            await db.execute(INSERT, self._row(conn))
         self._local[conn.id] = conn
         self._closers[conn.id] = close
         return True
@@ -123,15 +133,13 @@ class SqliteConnectionRegistry:
         self._local.pop(conn.id, None)
         self._closers.pop(conn.id, None)
         self._reported.pop(conn.id, None)
-        async with self._lock:
-            await self._db.execute("DELETE FROM connections WHERE id = ?", (conn.id,))
-            await self._db.execute("DELETE FROM close_requests WHERE connection_id = ?",
-                                   (conn.id,))
-            await self._db.commit()
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM connections WHERE id = ?", (conn.id,))
+            await db.execute("DELETE FROM close_requests WHERE connection_id = ?", (conn.id,))
 
     async def list(self, account_id: str) -> list[LiveConnection]:
-        async with self._lock:
-            cursor = await self._db.execute(
+        async with self._transaction() as db:
+            cursor = await db.execute(
                 "SELECT id, node, account_id, key_id, key_name, remote, opened_at, predictions, "
                 "errors, last_request_at FROM connections JOIN instances USING (instance) "
                 "WHERE account_id = ? AND seen_at >= ?",
@@ -157,8 +165,8 @@ class SqliteConnectionRegistry:
         if connection_id in self._closers:
             self._start_closing(self._closers[connection_id], code, reason)
             return True
-        async with self._lock:
-            cursor = await self._db.execute(
+        async with self._transaction() as db:
+            cursor = await db.execute(
                 "SELECT instance FROM connections JOIN instances USING (instance) "
                 "WHERE id = ? AND seen_at >= ?",
                 (connection_id, self._alive_since()),
@@ -166,12 +174,11 @@ class SqliteConnectionRegistry:
             row = await cursor.fetchone()
             if row is None:
                 return False
-            await self._db.execute(
+            await db.execute(
                 "INSERT OR REPLACE INTO close_requests (connection_id, instance, code, reason) "
                 "VALUES (?, ?, ?, ?)",
                 (connection_id, row[0], code, reason),
             )
-            await self._db.commit()
         return True
 
     def _start_closing(self, close: CloseConnection, code: int, reason: str) -> None:
@@ -197,41 +204,40 @@ class SqliteConnectionRegistry:
             if self._reported.get(conn_id) != counters:
                 self._reported[conn_id] = counters
                 changed.append((*counters, conn_id))
-        async with self._lock:
+        async with self._transaction() as db:
             now = time.time()
-            cursor = await self._db.execute(
+            cursor = await db.execute(
                 "UPDATE instances SET seen_at = ? WHERE instance = ?", (now, self._instance)
             )
             if cursor.rowcount == 0:
                 # Judged gone (this loop stalled past STALE_AFTER heartbeats) and forgotten:
                 # register again, with every connection this instance still holds.
-                await self._db.execute(
+                await db.execute(
                     "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
                     (self._instance, now),
                 )
-                await self._db.executemany(INSERT, [self._row(c) for c in self._local.values()])
+                await db.executemany(INSERT, [self._row(c) for c in self._local.values()])
                 log.warning("registry.rejoined", connections=len(self._local))
             if changed:
-                await self._db.executemany(
+                await db.executemany(
                     "UPDATE connections SET predictions = ?, errors = ?, last_request_at = ? "
                     "WHERE id = ?", changed,
                 )
-            cursor = await self._db.execute(
+            cursor = await db.execute(
                 "DELETE FROM close_requests WHERE instance = ? "
                 "RETURNING connection_id, code, reason",
                 (self._instance,),
             )
             requests = await cursor.fetchall()
             await self._forget("seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
-            await self._db.commit()
         for conn_id, code, reason in requests:
             close = self._closers.get(conn_id)
             if close is not None:
                 self._start_closing(close, code, reason)
 
     async def _forget(self, where: str, args: tuple) -> None:
-        """Delete the matching instances with their connections and requests (inside the
-        lock)."""
+        """Delete the matching instances with their connections and requests (inside a
+        transaction)."""
         gone = f"SELECT instance FROM instances WHERE {where}"
         await self._db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
         await self._db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
@@ -240,7 +246,6 @@ class SqliteConnectionRegistry:
     async def close(self) -> None:
         if self._beating is not None:
             self._beating.cancel()
-        async with self._lock:
+        async with self._transaction():
             await self._forget("instance = ?", (self._instance,))
-            await self._db.commit()
         await self._db.close()

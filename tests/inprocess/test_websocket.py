@@ -1,0 +1,130 @@
+"""PROTOCOL.md §1 and §2 in-process: authentication, answers, errors, closing, charges."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from nember_core.services import TrainingRequest
+from tests.helpers import REQUEST, request
+
+from .conftest import VALID_KEY, ask, authed
+
+NEW = "New model configuration added, prediction made"
+EXISTING = "Existing model data used for prediction"
+NOT_FOUND = "Model configuration not found in the backend."
+INVALID = {"status": "error", "message": "Invalid API key."}
+
+
+async def _refused(client, first_frame: str | bytes) -> tuple[dict, int]:
+    ws = await client.ws_connect("/ws")
+    if isinstance(first_frame, bytes):
+        await ws.send_bytes(first_frame)
+    else:
+        await ws.send_str(first_frame)
+    answer = json.loads(await ws.receive_str(timeout=5))
+    closing = await ws.receive(timeout=5)
+    assert closing.type == aiohttp.WSMsgType.CLOSE
+    return answer, ws.close_code
+
+
+async def test_answers_in_order_with_seq_num_new_then_existing(client, prepared):
+    ws = await authed(client, prepared.key)
+    first = await ask(ws, request())
+    second = await ask(ws, request(model_type="reg"))
+    third = await ask(ws, request())
+    assert (first["type"], first["seq_num"], first["message"]) == ("success", 1, NEW)
+    assert first["prediction"] in ("up", "down")  # the training data's own labels
+    assert (second["seq_num"], second["message"]) == (2, NEW)
+    assert isinstance(second["prediction"], float)
+    assert (third["seq_num"], third["message"]) == (3, EXISTING)
+    assert set(first) == {"type", "seq_num", "message", "prediction"}  # the original shape
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["nmb_unknownkeyunknownkeyunknownkeyunknown00", "", "   ", "nmb_" + "x" * 5000, "hello",
+     b"binary"],
+    ids=["unknown", "empty", "blank", "over-long", "not-a-key", "binary"],
+)
+async def test_bad_keys_are_refused_with_1008(client, frame):
+    assert await _refused(client, frame) == (INVALID, 1008)
+
+
+async def test_errors_answer_keep_the_connection_and_count_seq(client, prepared):
+    ws = await authed(client, prepared.key)
+    missing = await ask(ws, request(strat_name="nope"))
+    broken = await ask(ws, "{not json")
+    echoed = await ask(ws, {**REQUEST, "request_id": "r-7"})
+    assert missing == {"type": "error", "seq_num": 1, "message": NOT_FOUND}
+    assert broken["type"] == "error" and broken["seq_num"] == 2
+    assert "not valid JSON" in broken["message"]
+    assert (echoed["type"], echoed["seq_num"], echoed["request_id"]) == ("success", 3, "r-7")
+    assert not ws.closed
+
+
+async def test_another_accounts_model_is_not_found(client, prepared):
+    ws = await authed(client, prepared.other_key)
+    assert (await ask(ws, request()))["message"] == NOT_FOUND
+
+
+async def test_a_retrained_model_reaches_a_live_connection(client, prepared, services):
+    ws = await authed(client, prepared.key)
+    assert (await ask(ws, request(strat_name="retrained")))["message"] == NOT_FOUND
+    owner = await services.accounts.by_email("trader@example.com")
+    await services.models.train(owner.id, TrainingRequest(
+        strat="retrained", family="DecisionTree", model_type="class", data=prepared.data,
+        target="direction", window=2, features=["point1", "point2"],
+    ))
+    for _ in range(100):  # the refresh interval is 0.05 s here
+        answer = await ask(ws, request(strat_name="retrained"))
+        if answer["type"] == "success":
+            break
+        await asyncio.sleep(0.05)
+    assert answer["message"] == NEW
+
+
+async def test_closing_through_the_api_sends_4000(client, prepared):
+    ws = await authed(client, prepared.key)
+    headers = {"Authorization": f"Bearer {prepared.key}"}
+    listed = await (await client.get("/api/connections", headers=headers)).json()
+    (conn,) = listed["items"]
+    response = await client.delete(f"/api/connections/{conn['id']}", headers=headers)
+    assert response.status == 200
+    closing = await ws.receive(timeout=5)
+    assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4000)
+
+
+async def test_revoking_the_key_closes_its_sockets_with_4401(client, services):
+    owner = await services.accounts.by_email("trader@example.com")
+    doomed = await services.keys.create(owner.id, "doomed")
+    ws = await authed(client, doomed.secret)
+    await services.keys.revoke(doomed.key.id)  # as the CLI does, from "another process"
+    closing = await ws.receive(timeout=5)
+    assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4401)
+    assert await _refused(client, doomed.secret) == (INVALID, 1008)
+
+
+async def test_every_accepted_connection_is_charged_once_and_refused_ones_never(
+    client, prepared, services
+):
+    owner = await services.accounts.by_email("other@example.com")
+    before = await services.usage.report(owner.id)
+    for _ in range(3):
+        ws = await authed(client, prepared.other_key)
+        await ws.close()
+    await _refused(client, "nmb_wrong")
+    after = await services.usage.report(owner.id)
+    assert after.connections == before.connections + 3
+    assert after.amount - before.amount == 3 * services.config.billing.price
+
+
+async def test_shutdown_closes_live_connections_with_1001(client, prepared):
+    ws = await authed(client, prepared.key)
+    assert json.loads(json.dumps(VALID_KEY))  # authenticated above
+    await client.server.close()
+    closing = await ws.receive(timeout=5)
+    assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
