@@ -160,9 +160,6 @@ class LiveConnection:
         )
 
 
-JOB_STATES = ("queued", "running", "succeeded", "failed")
-
-
 @attrs.define
 class TrainingJob:
     """A training job started through the REST API, as every server process reports it."""

@@ -12,7 +12,6 @@ import attrs
 import pluggy
 
 from nember_core.config import Config, load_config
-from nember_core.errors import ConfigError
 from nember_core.plugin_api import ModelFamily, PluginContext, Provider
 from nember_core.plugins import collect_families, collect_providers, plugin_manager
 from nember_core.services import Services
@@ -34,13 +33,6 @@ class Nember:
         providers = collect_providers(pm)
         config = load_config(config_file, providers)
         return cls(pm=pm, config=config, providers=providers, families=collect_families(pm))
-
-    def family(self, name: str) -> ModelFamily:
-        try:
-            return self.families[name]
-        except KeyError:
-            known = ", ".join(sorted(self.families))
-            raise ConfigError(f"no installed model family {name!r} (installed: {known})") from None
 
     def provider(self, role: str) -> Provider:
         """The provider the config picked for ``role``."""

@@ -12,13 +12,11 @@ batched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 import numpy as np
 
-RowsPredictor = Callable[[np.ndarray], Sequence[Any]]
+from nember_core.plugin_api import RowPredictor, RowsPredictor
 
 
 @attrs.frozen
@@ -37,7 +35,7 @@ class MicroBatcher:
     __slots__ = ("_predict_row", "_predict_rows", "_rows", "_waiters", "_max_batch", "_costs",
                  "_turn_open", "_turn_size", "_last_turn_size")
 
-    def __init__(self, predict_row: Callable[[np.ndarray], Any], predict_rows: RowsPredictor,
+    def __init__(self, predict_row: RowPredictor, predict_rows: RowsPredictor,
                  max_batch: int, costs: Costs):
         self._predict_row = predict_row  # the fast single-row path
         self._predict_rows = predict_rows  # the batch path
