@@ -6,6 +6,7 @@ file and the key. Each plugin validates its own keys through its ``Provider.opti
 
 from __future__ import annotations
 
+import copy
 import os
 import types
 import typing
@@ -21,83 +22,100 @@ from nember_core.errors import ConfigError
 DEFAULT_CONFIG = Path("config") / "nember.yaml"
 
 
+REQUIRED = attrs.NOTHING  # a setting without a default: the config must give it
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A config field with its default and its documentation, the one line that
+    config/nember.yaml and the README's table show for it (``nember_core.app.config_docs``)."""
+    if isinstance(default, (list, dict, set)):  # mutable: every instance gets its own copy
+        return attrs.field(factory=lambda: copy.copy(default), metadata={"doc": doc})
+    return attrs.field(default=default, metadata={"doc": doc})
+
+
 @attrs.frozen
 class TlsConfig:
-    cert: Path
-    key: Path
+    cert: Path = setting(REQUIRED, "PEM file of the certificate (chain): serve wss://")
+    key: Path = setting(REQUIRED, "PEM file of the certificate's private key")
 
 
 @attrs.frozen
 class RateLimitConfig:
-    per_second: float = 1000.0  # sustained request frames per second per connection
-    burst: int = 2000
+    per_second: float = setting(1000.0, "request frames per second per connection, sustained")
+    burst: int = setting(2000, "request frames per connection in a burst")
 
 
 @attrs.frozen
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    tls: TlsConfig | None = None
-    auth_timeout: float = 10.0  # seconds to send the API key after connecting
-    max_message_size: int = 65536  # bytes; larger frames close the connection with 1009
-    heartbeat: float = 20.0  # seconds between server pings; a silent peer is dropped
-    max_connections_per_account: int = 1000
-    rate_limit: RateLimitConfig = RateLimitConfig()
-    shutdown_timeout: float = 5.0
-    model_refresh_interval: float = 0.5  # how often newly trained versions are looked for
-    revocation_check_interval: float = 1.0  # how often revocations made elsewhere are applied
-    node: str = ""  # this server's name in the connection registry; default: host name
-    event_loop: str = "asyncio"  # or "uvloop" (the uvloop extra): libuv under asyncio
-    micro_batching: bool = True  # predict costly models' concurrent requests as one batch
-    batch_above_us: float = 20.0  # ...when one prediction costs more than this (µs)
-    max_batch: int = 256
-    compile_trees: bool = True  # compile tree models to native code (TL2cgen, gcc) when loaded
-    max_upload_size: int = 64 * 1024 * 1024  # bytes of CSV per training upload (REST API)
-    training_workers: int = 1  # processes that train models for the REST API
-    workers: int = 1  # server processes sharing the port (SO_REUSEPORT); one per core
+    host: str = setting("127.0.0.1", "the address /ws listens on")
+    port: int = setting(8765, "the port /ws listens on")
+    tls: TlsConfig | None = setting(None, "serve wss:// instead of ws://")
+    auth_timeout: float = setting(10.0, "seconds to send the API key, else close 1008")
+    max_message_size: int = setting(65536, "bytes per frame; a larger one closes with 1009")
+    heartbeat: float = setting(20.0, "seconds between pings; a silent peer is dropped")
+    max_connections_per_account: int = setting(1000, "live connections per account")
+    rate_limit: RateLimitConfig = setting(RateLimitConfig(), "request frames per connection")
+    shutdown_timeout: float = setting(5.0, "seconds to drain connections on SIGTERM/SIGINT")
+    model_refresh_interval: float = setting(0.5, "seconds between looks for retrained models")
+    revocation_check_interval: float = setting(1.0, "seconds between looks for revoked keys")
+    node: str = setting("", "name in the connection registry; empty: the host name")
+    event_loop: str = setting("asyncio", "asyncio, or uvloop (from the all or uvloop extra)")
+    micro_batching: bool = setting(True, "predict a costly model's concurrent requests at once")
+    batch_above_us: float = setting(20.0, "batch a model whose one prediction costs more µs")
+    max_batch: int = setting(256, "rows per batch, at most")
+    compile_trees: bool = setting(True, "tree models: native code (TL2cgen, gcc) once loaded")
+    max_upload_size: int = setting(64 * 1024 * 1024, "bytes of CSV per training upload "
+                                                     "(REST API)")
+    training_workers: int = setting(1, "processes that train models for the REST API")
+    workers: int = setting(1, "processes sharing the port (SO_REUSEPORT); see --workers")
 
 
 @attrs.frozen
 class PluginSection:
     """A role's section: which plugin serves it, and that plugin's validated options."""
 
-    plugin: str
-    options: Any = None
+    plugin: str = setting(REQUIRED, "the installed plugin that keeps them")
+    # Not a key: the plugin's own keys sit beside ``plugin:``, documented by its options class.
+    options: Any = setting(None, "the plugin's options, an instance of its options class")
 
 
 @attrs.frozen
 class BillingConfig:
-    section: PluginSection
-    price: Decimal = Decimal("0.01")  # charged once per accepted connection
-    currency: str = "USD"
+    section: PluginSection = setting(REQUIRED, "the ledger's plugin and its options")
+    price: Decimal = setting(Decimal("0.01"), "charged once per accepted connection")
+    currency: str = setting("USD", "the price's currency")
 
 
 @attrs.frozen
 class DashboardConfig:
-    enabled: bool = True  # the web dashboard at / (the REST API at /api/ is always on)
-    allow_signup: bool = False  # may visitors create accounts?
-    session_hours: float = 24.0  # how long a login lasts
-    login_attempts_per_minute: int = 10  # per email and per address, then 429
+    enabled: bool = setting(True, "serve the web dashboard at / (the REST API is always on)")
+    allow_signup: bool = setting(False, "may visitors create their own accounts?")
+    session_hours: float = setting(24.0, "how long a login lasts")
+    login_attempts_per_minute: int = setting(10, "failed logins per email and per address, "
+                                                 "then 429")
 
 
 @attrs.frozen
 class LogConfig:
-    level: str = "info"
-    format: str = "json"  # or "console"
+    level: str = setting("info", "log level: debug, info, warning or error")
+    format: str = setting("json", "structlog events on stderr: json or console")
 
 
-@attrs.frozen
+# The top-level keys, in the order the docs show them (kw_only: data_dir has a default).
+@attrs.frozen(kw_only=True)
 class Config:
-    path: Path | None
-    data_dir: Path
-    server: ServerConfig
-    key_store: PluginSection
-    billing: BillingConfig
-    model_store: PluginSection
-    connection_registry: PluginSection
-    jobs: PluginSection
-    log: LogConfig
-    dashboard: DashboardConfig = DashboardConfig()
+    path: Path | None = setting(REQUIRED, "the file read; None: the defaults alone")
+    data_dir: Path = setting(Path("var"), "where the embedded plugins keep their files")
+    server: ServerConfig = setting(REQUIRED, "the server: /ws, the REST API, the dashboard")
+    key_store: PluginSection = setting(REQUIRED, "accounts, hashed API keys and sessions")
+    billing: BillingConfig = setting(REQUIRED, "durable charges, and usage")
+    model_store: PluginSection = setting(REQUIRED, "trained models, their versions and "
+                                                   "metadata")
+    connection_registry: PluginSection = setting(
+        REQUIRED, "live connections of all server processes (memory: this one's only)")
+    jobs: PluginSection = setting(REQUIRED, "the REST API's training jobs")
+    dashboard: DashboardConfig = setting(DashboardConfig(), "the web dashboard and its logins")
+    log: LogConfig = setting(REQUIRED, "what is logged, and how")
 
     def section(self, role: str) -> PluginSection:
         """The plugin section of a role (billing's sits inside its own section)."""
@@ -153,7 +171,8 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
         raise ConfigError(f"{where}: the config must be a mapping of keys to values")
     _reject_unknown(raw, TOP_LEVEL, "", where)
 
-    data_dir = _structure(Path, raw.get("data_dir", "var"), "data_dir", where, base)
+    default_dir = str(attrs.fields(Config).data_dir.default)
+    data_dir = _structure(Path, raw.get("data_dir", default_dir), "data_dir", where, base)
     server = _structure(ServerConfig, raw.get("server", {}), "server", where, base)
     log = _structure(LogConfig, raw.get("log", {}), "log", where, base)
     dashboard = _structure(DashboardConfig, raw.get("dashboard", {}), "dashboard", where, base)
@@ -209,7 +228,8 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
 
 
 def _billing(core: dict[str, Any], section: PluginSection, where: str) -> BillingConfig:
-    price = core.get("price", "0.01")
+    defaults = attrs.fields(BillingConfig)
+    price = core.get("price", str(defaults.price.default))
     if isinstance(price, bool) or not isinstance(price, (int, float, str)):
         raise ConfigError(f"{where}: billing.price: expected a number, got {_kind(price)}")
     try:
@@ -218,7 +238,7 @@ def _billing(core: dict[str, Any], section: PluginSection, where: str) -> Billin
         raise ConfigError(f"{where}: billing.price: expected a number, got {price!r}") from None
     if not amount.is_finite() or amount < 0:
         raise ConfigError(f"{where}: billing.price: expected a number >= 0, got {price!r}")
-    currency = core.get("currency", "USD")
+    currency = core.get("currency", defaults.currency.default)
     if not isinstance(currency, str) or not currency.strip():
         raise ConfigError(f"{where}: billing.currency: expected a currency code such as USD")
     return BillingConfig(section=section, price=amount, currency=currency.strip())

@@ -147,7 +147,8 @@ class LocalDiskModelStore:
 
 @attrs.frozen
 class LocalDiskOptions:
-    path: Path | None = None  # default: data_dir/models
+    path: Path | None = attrs.field(default=None, metadata={
+        "doc": "the folder of the models; default: data_dir/models"})
 
 
 def _create(options: LocalDiskOptions, context: PluginContext) -> LocalDiskModelStore:

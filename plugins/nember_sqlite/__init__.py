@@ -18,13 +18,16 @@ from .registry import SqliteConnectionRegistry
 
 @attrs.frozen
 class SqliteOptions:
-    path: Path | None = None  # default: a file in data_dir
+    path: Path | None = attrs.field(default=None, metadata={
+        "doc": "the SQLite file; default: data_dir/{keys,billing,jobs}.sqlite3"})
 
 
 @attrs.frozen
 class RegistryOptions:
-    path: Path | None = None  # default: data_dir/connections.sqlite3
-    heartbeat: float = 1.0  # seconds between a node's heartbeats (and close-request checks)
+    path: Path | None = attrs.field(default=None, metadata={
+        "doc": "the SQLite file; default: data_dir/connections.sqlite3"})
+    heartbeat: float = attrs.field(default=1.0, metadata={
+        "doc": "seconds between heartbeats and close-request checks"})
 
     def __attrs_post_init__(self):
         if self.heartbeat <= 0:
