@@ -151,7 +151,10 @@ class ModelStore(Protocol):
     """Trained model files and their metadata, by version."""
 
     async def save(self, meta: ModelMeta, artifact: bytes) -> ModelMeta:
-        """Store atomically as the next version; return the meta with its version set."""
+        """Store atomically as the next version; return the meta with its version set.
+
+        Version numbers are never reused, not even a deleted version's: servers tell a
+        model's versions apart by their number."""
 
     async def latest(self, key: ModelKey) -> ModelMeta | None: ...
 

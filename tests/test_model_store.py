@@ -109,3 +109,23 @@ def test_a_model_of_the_wrong_type_is_refused():
     family, model = _fit("DecisionTree", "reg")
     with pytest.raises(ModelFileRejected):
         family.loads(family.dumps(model), "class")
+
+
+async def test_names_too_long_for_a_file_name_are_stored_and_found(tmp_path):
+    store = LocalDiskModelStore(tmp_path)
+    long = meta(strat="é" * 200)  # 2,400 bytes once quoted: more than a file name may have
+    saved = await store.save(long, b"model")
+    assert (await store.latest(long.key)).key == long.key
+    assert await store.latest_versions([long.key]) == {long.key: saved.version}
+    assert [m.key for m in await store.list("acct_1")] == [long.key]
+    assert await store.read(saved) == b"model"
+
+
+async def test_a_deleted_versions_number_is_never_reused(tmp_path):
+    store = LocalDiskModelStore(tmp_path)
+    first = await store.save(meta(), b"one")
+    second = await store.save(meta(), b"two")
+    await store.delete(second)
+    third = await store.save(meta(), b"three")
+    assert (first.version, second.version, third.version) == (1, 2, 3)
+    assert await store.latest_versions([first.key]) == {first.key: 3}

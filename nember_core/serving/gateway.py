@@ -11,7 +11,7 @@ import time
 
 import attrs
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from nember_core import credentials
 from nember_core.config import Config
@@ -27,6 +27,7 @@ log = structlog.get_logger("nember.ws")
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
 
 
 @attrs.define(eq=False)
@@ -74,7 +75,7 @@ class Gateway:
                 socket, secret = accepted
                 try:
                     await ws.send_frame(protocol.VALID_KEY, _TEXT)
-                    await self._serve(ws, socket.conn, secret)
+                    await self._serve(socket, secret)
                 finally:
                     # Its own task: a cancelled handler (a shutdown past its timeout) must
                     # still leave the registry and record the usage.
@@ -149,16 +150,20 @@ class Gateway:
             opened_at=utcnow(),
         )
 
-    async def _serve(self, ws: web.WebSocketResponse, conn: LiveConnection, secret: str) -> None:
+    async def _serve(self, socket: Socket, secret: str) -> None:
         limits = self.config.server.rate_limit
         session = PredictionSession(
-            conn, secret, self.cache, RateLimiter(limits.per_second, limits.burst)
+            socket.conn, secret, self.cache, RateLimiter(limits.per_second, limits.burst)
         )
+        ws = socket.ws
         receive, send, answer = ws.receive, ws.send_frame, session.answer
         while True:
             msg = await receive()
             kind = msg.type
             if kind is not _TEXT and kind is not _BINARY:
+                if kind is WSMsgType.ERROR and getattr(msg.data, "code", None) == TOO_BIG:
+                    # aiohttp closed with 1009; its failing close handshake then reports 1006.
+                    socket.close_code, socket.close_reason = TOO_BIG, "message too big"
                 return  # close, error or connection lost
             out = answer(msg.data, kind is _TEXT)
             if type(out) is not bytes:  # a model to look up, or a prediction in a batch
@@ -229,7 +234,7 @@ class Gateway:
 
 
 def _close_reason(code: int | None) -> str:
-    if code == 1009:
+    if code == TOO_BIG:
         return "message too big"
     if code in (1000, 1001) or (code is not None and 3000 <= code < 5000):
         return "closed by client"

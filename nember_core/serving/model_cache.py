@@ -1,32 +1,65 @@
 """Trained models in memory, shared by every connection of this server.
 
-Lookups are a dict access. Loading (store read, deserialize) happens on a miss, off the
-per-frame path; a background task looks for newer versions whenever the model store's
-generation token changes, so a retrained model is picked up without any I/O per request.
-Tree models are compiled to native code in the background (``tree_compiler``) and switch to
-it when it is ready.
+Lookups are a dict access. Loading (store read; deserializing, building and measuring the
+predictor in a worker thread: ``model_loader``) happens on a miss, off the per-frame path; a
+background task looks for newer versions whenever the model store's generation token
+changes, so a retrained model is picked up without any I/O per request. A load that fails is
+remembered as a failure, tried again after a backoff, not as "no such model". Tree models are
+compiled to native code in the background (``tree_compiler``) and switch to it when it is
+ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
-import numpy as np
+import attrs
 import structlog
 
-from nember_core.plugin_api import ModelFamily, ModelStore, Predictor, RowPredictor
+from nember_core.plugin_api import ModelFamily, ModelStore, RowPredictor
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.trees.compiler import TreeCompiler
 
-from .batching import Costs, MicroBatcher
+from . import model_loader
+from .batching import MicroBatcher
 from .features import FeatureExtractor
+from .model_loader import Loaded
 
 log = structlog.get_logger("nember.models")
 
-MISSING = object()  # never looked up, as opposed to None: looked up, no such model
-MAX_ABSENT = 10_000  # cap on remembered misses, so bad requests can't grow memory forever
+MISSING = object()  # never looked up, as opposed to None: looked up, no model to serve
+_RETRY = object()  # refresh: try a failed load again (its newest version is not the question)
+# Remembered misses and failures, so bad requests can't grow memory forever: at most this
+# many, and this many characters of keys (a strategy name can be 60 KB); the oldest go first.
+MAX_ABSENT = 10_000
+MAX_ABSENT_BYTES = 8 * 1024 * 1024
+RETRY_BASE = 1.0  # seconds from a failed load to the next try; doubling per failure...
+RETRY_CAP = 60.0  # ...up to this
+REFRESH_LOADS = 4  # loads a refresh runs at once: each holds a thread and the GIL in turns
+LOG_LIMIT = 200  # characters of a strategy name or an error in a log event
+
+
+def _cut(text: str, limit: int = LOG_LIMIT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _key_size(key: ModelKey) -> int:
+    return len(key.account_id) + len(key.strat) + len(key.family) + len(key.model_type)
+
+
+@attrs.frozen
+class LoadFailure:
+    """Why a key has no model to serve although the store may have one."""
+
+    version: int | None  # the version that failed to load; None: the store's look-up failed
+    delay: float  # seconds from this failure to the next try
+    retry_at: float  # time.monotonic() of the next try
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.retry_at
 
 
 class LoadedModel:
@@ -59,38 +92,25 @@ class LoadedModel:
         return float(raw)
 
 
-def _cost_us(predict, rows: np.ndarray) -> float:
-    """The median time of one call, in µs."""
-    for _ in range(3):
-        predict(rows)
-    samples = []
-    for _ in range(15):
-        started = time.perf_counter_ns()
-        predict(rows)
-        samples.append(time.perf_counter_ns() - started)
-    return sorted(samples)[len(samples) // 2] / 1000
-
-
-def measure_costs(predict_row, predict_rows, width: int) -> Costs:
-    """What one row costs, and what batches of 2 and 32 cost, as a line: fixed + per row."""
-    two, many = _cost_us(predict_rows, np.zeros((2, width))), _cost_us(
-        predict_rows, np.zeros((32, width))
-    )
-    per_row = max(0.0, (many - two) / 30)
-    return Costs(single=_cost_us(predict_row, np.zeros((1, width))),
-                 fixed=max(0.0, two - 2 * per_row), per_row=per_row)
 
 
 class ModelCache:
     def __init__(self, store: ModelStore, families: dict[str, ModelFamily],
                  batch_above_us: float | None = 20.0, max_batch: int = 256,
-                 compiler: TreeCompiler | None = None):
+                 compiler: TreeCompiler | None = None, retry_base: float = RETRY_BASE,
+                 max_absent: int = MAX_ABSENT, max_absent_bytes: int = MAX_ABSENT_BYTES):
         self._store = store
         self._families = families
         self._batch_above_us = batch_above_us  # None: never batch
         self._max_batch = max_batch
         self._compiler = compiler  # None: trees are never compiled
+        self._retry_base = retry_base
+        self._max_absent, self._max_absent_bytes = max_absent, max_absent_bytes
+        # None: no model to serve; why is in ``_failures`` (a failed load) or not (no model).
         self._entries: dict[ModelKey, LoadedModel | None] = {}
+        self._failures: dict[ModelKey, LoadFailure] = {}
+        self._absent: OrderedDict[ModelKey, int] = OrderedDict()  # None entries, oldest first
+        self._absent_bytes = 0  # the sum of ``_absent``'s key sizes
         self._loading: dict[ModelKey, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()  # prefetches and compiles
         self._generation: str | None = None
@@ -98,6 +118,10 @@ class ModelCache:
     def get(self, key: ModelKey):
         """The loaded model, ``None`` when there is none, or ``MISSING`` before a load."""
         return self._entries.get(key, MISSING)
+
+    def failure(self, key: ModelKey) -> LoadFailure | None:
+        """For a ``None`` entry: the failed load behind it, or ``None``: no such model."""
+        return self._failures.get(key)
 
     async def load(self, key: ModelKey) -> None:
         """Look the key up in the store (once, however many connections ask at once)."""
@@ -108,83 +132,108 @@ class ModelCache:
         future = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
-            self._remember(key, await self._fetch(key))
+            await self._fetch(key)
         finally:
             del self._loading[key]
             future.set_result(None)
 
-    def _remember(self, key: ModelKey, entry: LoadedModel | None) -> None:
-        if entry is None and len(self._entries) >= MAX_ABSENT:
-            for stale in [k for k, v in self._entries.items() if v is None]:
-                del self._entries[stale]
-        self._entries[key] = entry
-
-    async def _fetch(self, key: ModelKey) -> LoadedModel | None:
+    async def _fetch(self, key: ModelKey) -> None:
+        """Load the newest version of ``key`` and remember what came of it."""
         family = self._families.get(key.family)
         if family is None:
-            return None
+            self._remember_absent(key)
+            return
+        version = None
         try:
             meta = await self._store.latest(key)
             if meta is None:
-                return None
-            return await self._load_version(family, meta)
-        except Exception as exc:  # a broken file must not take the server down
-            log.error(
-                "model.load_failed",
-                strat=key.strat,
-                family=key.family,
-                model_type=key.model_type,
-                error=str(exc),
-            )
-            return None
+                self._remember_absent(key)
+                return
+            version = meta.version
+            entry = await self._load_version(family, meta)
+        except Exception as exc:  # a store error, a broken file, a plugin bug: try again later
+            self._remember_failure(key, version, exc)
+            return
+        self._absent_forget(key)
+        self._failures.pop(key, None)
+        self._entries[key] = entry
 
     async def _load_version(self, family: ModelFamily, meta: ModelMeta) -> LoadedModel:
         data = await self._store.read(meta)
-        model_type = meta.key.model_type
-        model = await asyncio.to_thread(family.loads, data, model_type)
-        built = family.predictor(model, model_type)
-        if not isinstance(built, Predictor):  # a bare single-row function is enough
-            built = Predictor(one=built)
-        predictor = built.one
-        batch = built.many or (lambda rows: family.predict(model, model_type, rows))
-        ensemble = built.ensemble
+        loaded = await asyncio.to_thread(model_loader.load_model, family, meta, data,
+                                         self._batch_above_us)
+        ensemble = loaded.ensemble
+        if ensemble is None or self._compiler is None:
+            return self._install(loaded)
         width = len(meta.features) * meta.window
-        compile_later = False
-        if ensemble is not None and self._compiler is not None:
-            native = await self._compiler.cached(ensemble, width)
-            if native is not None:
-                ensemble.use_native(native)
-            else:
-                compile_later = True
-        entry = self._entry(meta, predictor, batch, ensemble)
-        if compile_later:
-            task = asyncio.create_task(self._compile(meta.key, entry, ensemble, width))
+        native = await self._compiler.cached(ensemble, width)
+        if native is None:
+            entry = self._install(loaded)
+            task = asyncio.create_task(self._compile(family, loaded, entry, width))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        return entry
+            return entry
+        ensemble.use_native(native)  # nothing calls these trees yet: switch and measure again
+        return self._install(await asyncio.to_thread(model_loader.remeasured, loaded,
+                                                     self._batch_above_us))
 
-    def _entry(self, meta: ModelMeta, predictor: RowPredictor, batch,
-               ensemble=None) -> LoadedModel:
-        """The model ready to serve, batched if its measured costs say batches pay."""
-        costs = measure_costs(predictor, batch, len(meta.features) * meta.window)
+    def _install(self, loaded: Loaded) -> LoadedModel:
+        """The model ready to serve; its batcher is made here, on the event loop's thread."""
         batcher = None
-        if (
-            self._batch_above_us is not None
-            and costs.single > self._batch_above_us
-            and costs.batch_wins(32)
-        ):
-            batcher = MicroBatcher(predictor, batch, self._max_batch, costs)
+        if loaded.batched:
+            batcher = MicroBatcher(loaded.predictor, loaded.batch_rows, self._max_batch,
+                                   loaded.costs)
+        meta, ensemble = loaded.meta, loaded.ensemble
         log.info(
             "model.loaded",
-            strat=meta.key.strat,
+            strat=_cut(meta.key.strat),
             family=meta.key.family,
             model_type=meta.key.model_type,
             version=meta.version,
-            predict_us=round(costs.single, 1),
+            predict_us=round(loaded.costs.single, 1),
             batched=batcher is not None,
             native=ensemble is not None and ensemble.native,
         )
-        return LoadedModel(meta, predictor, batcher, batch, ensemble)
+        return LoadedModel(meta, loaded.predictor, batcher, loaded.batch_rows, ensemble)
+
+    def _remember_failure(self, key: ModelKey, version: int | None, exc: Exception) -> None:
+        previous = self._failures.get(key)
+        delay = self._retry_base
+        if previous is not None and previous.version == version:  # the same file failing
+            delay = min(previous.delay * 2, RETRY_CAP)
+        self._remember_absent(key, LoadFailure(version, delay, time.monotonic() + delay))
+        log.error(
+            "model.load_failed",
+            strat=_cut(key.strat),
+            family=_cut(key.family),
+            model_type=key.model_type,
+            version=version,
+            retry_in=round(delay, 3),
+            error=_cut(repr(exc)),
+        )
+
+    def _remember_absent(self, key: ModelKey, failure: LoadFailure | None = None) -> None:
+        """No model to serve for ``key``: none in the store, or ``failure``."""
+        self._entries[key] = None
+        if failure is None:
+            self._failures.pop(key, None)
+        else:
+            self._failures[key] = failure
+        self._absent_forget(key)
+        size = _key_size(key)
+        self._absent[key] = size
+        self._absent_bytes += size
+        while self._absent and (len(self._absent) > self._max_absent
+                                or self._absent_bytes > self._max_absent_bytes):
+            oldest, size = self._absent.popitem(last=False)
+            self._absent_bytes -= size
+            del self._entries[oldest]  # MISSING again: a request looks it up anew
+            self._failures.pop(oldest, None)
+
+    def _absent_forget(self, key: ModelKey) -> None:
+        size = self._absent.pop(key, None)
+        if size is not None:
+            self._absent_bytes -= size
 
     def prefetch(self, key: ModelKey) -> None:
         """Load a model nobody asked for yet (one just trained): its trees start compiling
@@ -194,18 +243,22 @@ class ModelCache:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _compile(self, key: ModelKey, entry: LoadedModel, ensemble, width: int) -> None:
+    async def _compile(self, family: ModelFamily, loaded: Loaded, entry: LoadedModel,
+                       width: int) -> None:
+        key = loaded.meta.key
         try:
-            native = await self._compiler.compile(ensemble, width)
+            native = await self._compiler.compile(loaded.ensemble, width)
+            if native is None or self._entries.get(key) is not entry:
+                return
+            # A new predictor on the compiled trees, built and measured in a thread while
+            # ``entry`` keeps serving: the compiled library is never called from two threads.
+            rebuilt = await asyncio.to_thread(model_loader.build, family, loaded.meta,
+                                              loaded.model, self._batch_above_us, native)
         except Exception as exc:  # never worse than not compiling
-            log.error("model.compile_failed", family=key.family, error=repr(exc))
+            log.error("model.compile_failed", family=key.family, error=_cut(repr(exc)))
             return
-        if native is None:
-            return
-        ensemble.use_native(native)
-        if self._entries.get(key) is entry:  # still the version being served: re-measure
-            self._entries[key] = self._entry(entry.meta, entry.predictor, entry.batch_rows,
-                                             ensemble)
+        if self._entries.get(key) is entry:  # still the version being served: switch
+            self._entries[key] = self._install(rebuilt)
 
     async def wait_compiled(self) -> None:
         """Until every prefetch and compile started so far has finished (benchmarks)."""
@@ -213,21 +266,63 @@ class ModelCache:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def refresh(self) -> None:
-        """Reload every cached key whose newest version changed since the last look."""
+        """Reload every cached key whose newest version changed since the last look (one
+        ``latest_versions`` call for all of them), and failed ones whose retry time came."""
         generation = await self._store.generation()
-        if generation == self._generation:
-            return
-        self._generation = generation
-        for key, entry in list(self._entries.items()):
-            try:
-                meta = await self._store.latest(key)
-            except Exception as exc:
-                log.error("model.refresh_failed", family=key.family, error=str(exc))
-                continue
-            current = None if entry is None else entry.version
-            newest = None if meta is None else meta.version
-            if newest != current:
-                self._remember(key, await self._fetch(key))
+        changed: dict[ModelKey, Any] = {
+            key: _RETRY for key, failure in self._failures.items() if failure.due()
+        }
+        if generation != self._generation:
+            keys = [key for key in self._entries.keys() | self._loading.keys()
+                    if self._looked_up_together(key)]
+            newest = await self._store.latest_versions(keys) if keys else {}
+            self._generation = generation
+            for key in keys:
+                version = newest.get(key)
+                if key in self._loading or self._version(key) != version:
+                    changed[key] = version
+        if changed:
+            limit = asyncio.Semaphore(REFRESH_LOADS)
+            await asyncio.gather(*(self._reload(key, version, limit)
+                                   for key, version in changed.items()))
+
+    def _looked_up_together(self, key: ModelKey) -> bool:
+        """Is ``key`` in refresh's one look-up? Not when it can never have a model (no such
+        family), nor when the store failed to look it up (a name the store can't hold, say):
+        one such key must not fail the look-up of all the others. Failures retry on their own.
+        """
+        if key.family not in self._families:
+            return False
+        failure = self._failures.get(key)
+        return failure is None or failure.version is not None
+
+    def _version(self, key: ModelKey) -> int | None:
+        """The version cached for ``key``: loaded, failed, or None (no model)."""
+        entry = self._entries[key]
+        if entry is not None:
+            return entry.version
+        failure = self._failures.get(key)
+        return None if failure is None else failure.version
+
+    async def _reload(self, key: ModelKey, newest: Any, limit: asyncio.Semaphore) -> None:
+        """Load ``key`` again unless it already holds version ``newest`` (``_RETRY``: unless
+        its failure was cleared meanwhile)."""
+        async with limit:
+            pending = self._loading.get(key)
+            if pending is not None:  # a load under way may have read an older version
+                await asyncio.shield(pending)
+            if key not in self._entries:
+                return  # forgotten meanwhile (an old miss or failure dropped)
+            if newest is _RETRY:
+                failure = self._failures.get(key)
+                if failure is None or not failure.due():
+                    return
+            elif self._version(key) == newest:
+                return
+            if newest is None:  # deleted: nothing to read
+                self._remember_absent(key)
+            else:
+                await self.load(key)
 
     async def refresh_forever(self, interval: float) -> None:
         while True:
@@ -235,4 +330,4 @@ class ModelCache:
             try:
                 await self.refresh()
             except Exception as exc:
-                log.error("model.refresh_failed", error=str(exc))
+                log.error("model.refresh_failed", error=_cut(repr(exc)))

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from nember_core.credentials import KEY_PREFIX
-from nember_core.rules import MODEL_TYPES
+from nember_core.rules import MAX_NAME, MODEL_TYPES
 
 VALID_KEY = orjson.dumps({"status": "success", "message": "Valid API key."})
 INVALID_KEY = orjson.dumps({"status": "error", "message": "Invalid API key."})
@@ -21,6 +21,7 @@ LIMIT_REACHED = orjson.dumps(
 NEW_MODEL = "New model configuration added, prediction made"
 EXISTING_MODEL = "Existing model data used for prediction"
 NOT_FOUND = "Model configuration not found in the backend."
+LOAD_FAILED = "The model could not be loaded; try again later."
 
 # Close codes (PROTOCOL.md §1.3)
 POLICY_VIOLATION = 1008
@@ -96,6 +97,15 @@ def request_id(request: dict[str, Any]) -> Any:
     return request.get("request_id", NO_ID)
 
 
+def request_id_of(text: str | bytes) -> Any:
+    """The request_id of a frame not otherwise read (a rate-limited one), if it has one."""
+    try:
+        request = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return NO_ID
+    return request.get("request_id", NO_ID) if type(request) is dict else NO_ID
+
+
 def _name_field(request: dict[str, Any], field: str) -> str:
     value = request.get(field, NO_ID)
     if value is NO_ID:
@@ -103,6 +113,10 @@ def _name_field(request: dict[str, Any], field: str) -> str:
     if type(value) is not str or not value:
         got = "an empty string" if value == "" else describe(value)
         raise RequestError(f"Field '{field}' must be a non-empty string, got {got}.")
+    if len(value) > MAX_NAME:  # no model has such a name: don't look it up, log or keep it
+        raise RequestError(
+            f"Field '{field}' must have at most {MAX_NAME} characters, got {len(value)}."
+        )
     return value
 
 

@@ -1,8 +1,8 @@
 """One authenticated connection's request handling: frame in, answer frame out.
 
 This is the hot path. It does no I/O, calls no hook and takes no lock: the model comes from
-the in-memory cache, and the only case that needs to wait (a model not yet loaded) is handed
-back to the caller as the key to load.
+the in-memory cache, and the only case that needs to wait (a model not yet loaded, or one
+whose failed load is due for another try) is handed back to the caller as the key to load.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class PredictionSession:
         self.seq += 1
         self.conn.last_request_at = time.time()
         if not self.limiter.allow():
-            return self._error(self.rate_message, protocol.NO_ID)
+            request_id = protocol.request_id_of(data) if is_text else protocol.NO_ID
+            return self._error(self.rate_message, request_id)
         if not is_text:
             return self._error(
                 "Binary frames are not accepted; send each request as a JSON text frame.",
@@ -116,8 +117,13 @@ class PredictionSession:
                 if may_load:
                     return key
                 model = None
-            if model is None:
-                return self._error(protocol.NOT_FOUND, request_id)
+            if model is None:  # off the hot path: is it missing, or did its load fail?
+                failure = self.cache.failure(key)
+                if failure is None:
+                    return self._error(protocol.NOT_FOUND, request_id)
+                if may_load and failure.due():
+                    return key  # time to try loading it again
+                return self._error(protocol.LOAD_FAILED, request_id)
             if model.batcher is not None and not model.batcher.direct():
                 # A costly model asked by many at once: predicted with this turn's batch.
                 row = model.extractor.row(request["DataPoints"])

@@ -8,6 +8,7 @@ model; two writers racing for the same version number simply retry with the next
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -22,11 +23,19 @@ from nember_core.plugin_api import ModelKey, ModelMeta, PluginContext, Provider,
 MODEL_FILE = "model.bin"
 META_FILE = "meta.json"
 GENERATION_FILE = ".generation"
+HIGHEST_FILE = ".highest"  # per model: the highest version ever stored, deleted ones included
+
+
+MAX_SEGMENT = 200  # bytes; file systems refuse names over 255
 
 
 def _segment(name: str) -> str:
-    """A user-chosen name as one safe path segment (no '/', no '..', reversible)."""
-    return quote(name, safe="").replace(".", "%2E")
+    """A user-chosen name as one safe path segment (no '/', no '..'); a name too long for the
+    file system becomes its digest (meta.json keeps the name itself)."""
+    segment = quote(name, safe="").replace(".", "%2E")
+    if len(segment) > MAX_SEGMENT:
+        return "~" + hashlib.sha256(name.encode()).hexdigest()
+    return segment
 
 
 def _version_dir(version: int) -> str:
@@ -60,8 +69,10 @@ class LocalDiskModelStore:
         key_dir = self._key_dir(meta.key)
         key_dir.mkdir(parents=True, exist_ok=True)
         while True:
+            # Never reuse a deleted version's number: servers tell versions apart by it.
             versions = self._versions(key_dir)
-            meta = attrs.evolve(meta, version=(versions[-1] if versions else 0) + 1)
+            highest = max(versions[-1] if versions else 0, self._highest(key_dir))
+            meta = attrs.evolve(meta, version=highest + 1)
             tmp = self.root / ".tmp" / uuid.uuid4().hex
             tmp.mkdir()
             _fsync_write(tmp / MODEL_FILE, artifact)
@@ -71,8 +82,23 @@ class LocalDiskModelStore:
             except OSError:  # another writer took this version number first
                 shutil.rmtree(tmp, ignore_errors=True)
                 continue
+            self._write_highest(key_dir, meta.version)
             self._bump_generation()
             return meta
+
+    def _highest(self, key_dir: Path) -> int:
+        try:
+            return int((key_dir / HIGHEST_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _write_highest(self, key_dir: Path, version: int) -> None:
+        tmp = self.root / ".tmp" / uuid.uuid4().hex
+        _fsync_write(tmp, str(version).encode())
+        if version > self._highest(key_dir):  # a racing writer may have stored a higher one
+            os.replace(tmp, key_dir / HIGHEST_FILE)
+        else:
+            tmp.unlink()
 
     def _bump_generation(self) -> None:
         token = uuid.uuid4().hex
