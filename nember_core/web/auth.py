@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import orjson
 from aiohttp import web
 
 from . import sessions
@@ -40,8 +41,8 @@ async def caller(request: web.Request) -> Caller:
 
 async def read_json(request: web.Request) -> dict:
     try:
-        body = await request.json()
-    except ValueError:
+        body = orjson.loads(await request.read())  # nesting too deep is an error, not a crash
+    except orjson.JSONDecodeError:
         raise ApiError(400, "The request body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")

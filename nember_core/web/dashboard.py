@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+import orjson
 import structlog
 from aiohttp import web
 
@@ -35,8 +36,8 @@ async def _credentials(request: web.Request) -> Credentials:
     if origin and origin.split("://", 1)[-1] != request.host:
         raise ApiError(403, "Cross-site login refused.")
     try:
-        body = await request.json()
-    except ValueError:
+        body = orjson.loads(await request.read())  # nesting too deep is an error, not a crash
+    except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict) or not all(
         isinstance(body.get(k), str) for k in ("email", "password")
@@ -66,7 +67,7 @@ async def login(request: web.Request) -> web.Response:
         limiter.failed(*who)
         log.info("login.failed", remote=request.remote)
         raise ApiError(401, "Wrong email or password.")
-    limiter.succeeded(*who)
+    limiter.succeeded(who[0])  # the address keeps its failures: they may be a spray
     log.info("login", account_id=account.id, remote=request.remote)
     return await _start_session(request, account)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from nember_core.records import ModelMeta, TrainingJob
 from nember_core.services import TrainingRequest
@@ -81,10 +81,20 @@ async def train_model(request: web.Request) -> web.Response:
 
 
 async def _read_form(request: web.Request, path, limit: int) -> dict[str, str]:
+    try:
+        return await _form_fields(request, path, limit)
+    except (ValueError, UnicodeDecodeError):  # aiohttp's parser on a malformed body
+        raise ApiError(400, "The body is not a valid multipart/form-data form with UTF-8 "
+                            "fields.") from None
+
+
+async def _form_fields(request: web.Request, path, limit: int) -> dict[str, str]:
     fields: dict[str, str] = {}
     got_data = False
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):  # a form nested in the form
+            raise ApiError(400, "Send each form field as a plain part, not a nested form.")
         if part.name == "data":
             size = 0
             with open(path, "wb") as out:
@@ -97,7 +107,8 @@ async def _read_form(request: web.Request, path, limit: int) -> dict[str, str]:
         elif part.name in FIELDS:
             fields[part.name] = (await part.text()).strip()
         else:
-            raise ApiError(422, f"Unknown form field {part.name!r}; expected 'data' and "
+            shown = repr(part.name) if part.name else "without a name"
+            raise ApiError(422, f"Unknown form field {shown}; expected 'data' and "
                                 f"{', '.join(repr(f) for f in FIELDS)}.")
     if not got_data:
         raise ApiError(422, "The CSV file is missing: send it as the form field 'data'.")
