@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +95,16 @@ def write_prices(path: Path, rows: int = 300, seed: int = 3) -> Path:
 
 
 class Server:
-    """A `nember serve` (or `nember demo`) process."""
+    """A `nember serve` (or `nember demo`) process, listening once constructed.
 
-    def __init__(self, config: Path, command: str = "serve", env: dict | None = None):
+    Tests start servers through the ``servers`` fixture (``module_servers`` in module-scoped
+    fixtures), which kills every one it started when the test (or module) ends, however it
+    ends. ``on_spawn`` is how the fixture hears of the process as soon as it exists: before
+    the wait for it to listen, which may fail.
+    """
+
+    def __init__(self, config: Path, command: str = "serve", env: dict | None = None,
+                 on_spawn: Callable[[Server], object] | None = None):
         self.config = config
         settings = yaml.safe_load(config.read_text())
         self.port = settings["server"]["port"]
@@ -106,13 +114,26 @@ class Server:
         self.out_path = config.parent / f"server-{self.port}.out"
         self._log = open(self.log_path, "ab")
         self._out = open(self.out_path, "ab")
-        self.process = subprocess.Popen(
-            [NEMBER, "--config", str(config), command],
-            stdout=self._out,
-            stderr=self._log,
-            env={**os.environ, "NEMBER_PASSWORD": PASSWORD, **(env or {})},
-        )
-        self._wait_listening()
+        try:
+            self.process = subprocess.Popen(
+                [NEMBER, "--config", str(config), command],
+                stdout=self._out,
+                stderr=self._log,
+                env={**os.environ, "NEMBER_PASSWORD": PASSWORD, **(env or {})},
+                # A process group of its own: kill() takes the pools it spawned down with it
+                # (--workers' workers make their own groups, and die with the supervisor).
+                start_new_session=True,
+            )
+        except BaseException:
+            self._close_files()
+            raise
+        try:
+            if on_spawn is not None:
+                on_spawn(self)
+            self._wait_listening()
+        except BaseException:
+            self.kill()  # never leave a process behind, whoever started it
+            raise
 
     def _wait_listening(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -154,8 +175,12 @@ class Server:
             self._close_files()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL the server and every process it started (its process group)."""
+        if self.process.returncode is None:  # not reaped: the pid, and so the group, is ours
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait(30)
         self._close_files()
 

@@ -30,54 +30,48 @@ def ledger(workspace):
     return charges, {row[0]: row[1:] for row in usage}
 
 
-def own_server(workspace, tmp_path, **server) -> Server:
+def own_server(servers, workspace, tmp_path, **server) -> Server:
     config = write_config(tmp_path, server=server, data_dir=workspace.data_dir,
                           billing={"price": "0.25", "currency": "EUR"})
-    return Server(config)
+    return servers(config)
 
 
-async def test_one_charge_per_accepted_connection_none_for_refused(trained, tmp_path):
-    server = own_server(trained, tmp_path)
-    try:
-        before, _ = ledger(trained)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(3):
-                ws = await authed(session, server.url, trained.key)
-                await ask(ws, request())
-                await ws.close()
-            for bad in ["nmb_nope", ""]:
-                async with session.ws_connect(server.url) as ws:
-                    await ws.send_str(bad)
-                    await ws.receive(timeout=10)
-        after, _ = ledger(trained)
-        new = after[len(before):]
-        assert len(new) == 3
-        assert {(amount, currency) for _, amount, currency in new} == {("0.25", "EUR")}
-    finally:
-        server.kill()
-
-
-async def test_usage_is_recorded_when_the_connection_ends(trained, tmp_path):
-    server = own_server(trained, tmp_path)
-    try:
-        async with aiohttp.ClientSession() as session:
+async def test_one_charge_per_accepted_connection_none_for_refused(trained, tmp_path, servers):
+    server = own_server(servers, trained, tmp_path)
+    before, _ = ledger(trained)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
             ws = await authed(session, server.url, trained.key)
-            for frame in [request(), request(), "bad", request(model_name="Nope")]:
-                await ask(ws, frame)
+            await ask(ws, request())
             await ws.close()
-        await asyncio.sleep(0.5)
-        opened = server.events("connection.open")
-        assert len(opened) == 1
-        _, usage = ledger(trained)
-        closed_at, code, reason, predictions, errors = usage[opened[0]["connection_id"]]
-        assert closed_at is not None and code == 1000 and reason == "closed by client"
-        assert (predictions, errors) == (2, 2)
-    finally:
-        server.kill()
+        for bad in ["nmb_nope", ""]:
+            async with session.ws_connect(server.url) as ws:
+                await ws.send_str(bad)
+                await ws.receive(timeout=10)
+    after, _ = ledger(trained)
+    new = after[len(before):]
+    assert len(new) == 3
+    assert {(amount, currency) for _, amount, currency in new} == {("0.25", "EUR")}
 
 
-async def test_charge_survives_sigkill_right_after_the_auth_answer(trained, tmp_path):
-    server = own_server(trained, tmp_path)
+async def test_usage_is_recorded_when_the_connection_ends(trained, tmp_path, servers):
+    server = own_server(servers, trained, tmp_path)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        for frame in [request(), request(), "bad", request(model_name="Nope")]:
+            await ask(ws, frame)
+        await ws.close()
+    await asyncio.sleep(0.5)
+    opened = server.events("connection.open")
+    assert len(opened) == 1
+    _, usage = ledger(trained)
+    closed_at, code, reason, predictions, errors = usage[opened[0]["connection_id"]]
+    assert closed_at is not None and code == 1000 and reason == "closed by client"
+    assert (predictions, errors) == (2, 2)
+
+
+async def test_charge_survives_sigkill_right_after_the_auth_answer(trained, tmp_path, servers):
+    server = own_server(servers, trained, tmp_path)
     async with aiohttp.ClientSession() as session:
         ws = await authed(session, server.url, trained.key)
         server.kill()  # SIGKILL: no chance to flush anything after the answer
@@ -88,8 +82,10 @@ async def test_charge_survives_sigkill_right_after_the_auth_answer(trained, tmp_
     assert usage[opened[-1]["connection_id"]][0] is None  # never closed cleanly: no close time
 
 
-async def test_sigterm_closes_connections_with_1001_records_usage_and_exits_0(trained, tmp_path):
-    server = own_server(trained, tmp_path)
+async def test_sigterm_closes_connections_with_1001_records_usage_and_exits_0(
+    trained, tmp_path, servers
+):
+    server = own_server(servers, trained, tmp_path)
     async with aiohttp.ClientSession() as session:
         ws = await authed(session, server.url, trained.key)
         await ask(ws, request())

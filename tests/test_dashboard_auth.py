@@ -6,19 +6,18 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.harness import PASSWORD, Server, write_config
+from tests.harness import PASSWORD, write_config
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
 
 @pytest.fixture(scope="module")
-def site(trained, tmp_path_factory):
+def site(trained, tmp_path_factory, module_servers):
     folder = tmp_path_factory.mktemp("site")
     config = write_config(folder, data_dir=trained.data_dir,
                           dashboard={"allow_signup": True, "login_attempts_per_minute": 3})
-    server = Server(config)
-    yield f"http://127.0.0.1:{server.port}"
-    server.kill()
+    server = module_servers(config)
+    return f"http://127.0.0.1:{server.port}"
 
 
 def browser_like() -> aiohttp.ClientSession:

@@ -3,17 +3,29 @@
 Walks what a user does: log in, create a key, train a model from a CSV, watch a bot's socket
 appear in Connections and close it (4000), revoke a key (4401), see the charge in Usage.
 Screenshots of every page go to test-artifacts/screenshots/.
+
+The server has a data folder of its own (an account, no models, no keys), so nothing here
+depends on what other fixtures trained; each test has a browser context of its own and logs
+in itself, so one failing can't take the other with it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness import PASSWORD, Server, require_service, write_config
+from tests.harness import (
+    PASSWORD,
+    Server,
+    require_service,
+    run_cli,
+    write_config,
+    write_prices,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -39,32 +51,79 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-sync", "--no-first-run"]
 
 
+EMAIL = "trader@example.com"
+# Only the walk-through trains models, all under this strategy: its rows are the new model's.
+STRATEGY = "browser_walkthrough"
+# Waits for the server (a page's API calls, a socket showing up), generous for a busy machine.
+UI_TIMEOUT = 20_000
+TRAINING_TIMEOUT = 180_000  # a training job: queued, spawned in a worker process, fitted
+
+
+@dataclass
+class Site:
+    server: Server
+    base: str
+    prices: Path  # a CSV to upload
+
+    @property
+    def url(self) -> str:  # the websocket
+        return self.server.url
+
+
 @pytest.fixture(scope="module")
-def site(trained, tmp_path_factory):
+def site(tmp_path_factory, module_servers) -> Site:
+    """A server on a data folder of its own: one account, no keys, no models."""
     folder = tmp_path_factory.mktemp("browser")
-    config = write_config(folder, data_dir=trained.data_dir)
-    server = Server(config)
-    yield server
-    server.kill()
+    config = write_config(folder)
+    run_cli(config, "accounts", "create", EMAIL)
+    server = module_servers(config)
+    return Site(server, f"http://127.0.0.1:{server.port}", write_prices(folder / "prices.csv"))
 
 
 @pytest.fixture(scope="module")
-def page(site):
+def browser():
     SHOTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=UI_TIMEOUT)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1200, "height": 860})
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """``open_page(width, height)``: a tab in a fresh browser context (no cookies, no state
+    from another test); after the test, no script error and no CSP violation happened in it."""
+    contexts, errors = [], []
+
+    def open_(width: int, height: int):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        context.set_default_timeout(UI_TIMEOUT)
         tab = context.new_page()
-        errors: list[str] = []
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
-        tab.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
-        yield tab
-        assert not errors, errors  # no script error and no CSP violation on any page
-        browser.close()
+        tab.on("console",
+               lambda m: errors.append(m.text) if "Content Security" in m.text else None)
+        return tab
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, errors
 
 
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, base: str) -> None:
+    page.goto(base + "/")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
 
 
 def authenticate(ws, key: str) -> None:
@@ -79,13 +138,20 @@ def close_code_of(ws) -> int:
     return ws.close_code
 
 
-def test_walk_through_the_dashboard(page, site, trained):
-    base = f"http://127.0.0.1:{site.port}"
-    page.goto(base + "/")
+def strategy_rows(page, strategy: str):
+    """The rows of the models table under the heading "Strategy <strategy>", and no other."""
+    heading = page.locator("h3").filter(
+        has=page.locator("code").get_by_text(strategy, exact=True))
+    return heading.locator("xpath=following-sibling::div[1]").locator("tbody > tr")
+
+
+def test_walk_through_the_dashboard(open_page, site):
+    page = open_page(1200, 860)
+    page.goto(site.base + "/")
     expect(page.get_by_role("heading", name="Log in to Nember")).to_be_visible()
     shot(page, "login")
 
-    page.get_by_label("Email").fill("trader@example.com")
+    page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
@@ -102,13 +168,17 @@ def test_walk_through_the_dashboard(page, site, trained):
     expect(page.locator("tr", has_text="browser-bot")).to_contain_text(secret[:12])
     shot(page, "keys")
     page.reload()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     assert secret not in page.content()  # never shown again
 
     # Train a model from a CSV: preview, options, progress, then it is listed.
     page.get_by_role("link", name="Models").click()
-    page.set_input_files("#csv-file", str(trained.data))
+    expect(page.get_by_role("heading", name="Train a model")).to_be_visible()
+    new_rows = strategy_rows(page, STRATEGY)
+    expect(new_rows).to_have_count(0)  # the strategy is the walk-through's own
+    page.set_input_files("#csv-file", str(site.prices))
     expect(page.locator("#csv-preview")).to_contain_text("point1")
-    page.get_by_label("Strategy").fill("browser")
+    page.get_by_label("Strategy").fill(STRATEGY)
     page.get_by_label("Target column").select_option("direction")
     page.locator("#features input[value=move]").uncheck()
     page.get_by_label("Model family").select_option("DecisionTree")
@@ -116,28 +186,32 @@ def test_walk_through_the_dashboard(page, site, trained):
     assert "LightGBM" in page.get_by_label("Model family").inner_text()
     shot(page, "train")
     page.get_by_role("button", name="Start training").click()
-    row = page.locator("tr", has_text="DecisionTree").filter(has_text="point1, point2 × 2")
-    expect(row.first).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("Strategy browser")).to_be_visible()
+    # Exactly the new model's row: the only one under its strategy's heading.
+    expect(new_rows).to_have_count(1, timeout=TRAINING_TIMEOUT)
+    row = new_rows.first
+    expect(row.locator("td").nth(0)).to_have_text("DecisionTree")
+    expect(row.locator("td").nth(1)).to_have_text("class")
+    expect(row).to_contain_text("point1, point2 × 2")
+    expect(page.get_by_text(f"Strategy {STRATEGY}")).to_be_visible()
     shot(page, "models")
 
     # A bot connects with the new key and predicts; the socket shows up by itself.
     with connect(site.url, open_timeout=10) as ws:
         authenticate(ws, secret)
         ws.send(json.dumps({
-            "strat_name": "browser", "model_name": "DecisionTree", "model_type": "class",
+            "strat_name": STRATEGY, "model_name": "DecisionTree", "model_type": "class",
             "DataPoints": [{"point1": 1, "point2": 2}, {"point1": 3, "point2": 4}]}))
         assert json.loads(ws.recv(timeout=10))["type"] == "success"
         page.get_by_role("link", name="Connections").click()
         live = page.locator("#live tr", has_text="browser-bot")
-        expect(live).to_be_visible(timeout=10_000)
+        expect(live).to_be_visible()
         expect(live).to_contain_text("127.0.0.1")
-        expect(live.locator("td.num").first).to_have_text("1", timeout=10_000)
+        expect(live.locator("td.num").first).to_have_text("1")
         shot(page, "connections")
         live.get_by_role("button", name="Close").click()
         assert close_code_of(ws) == 4000
-    expect(page.locator("#live")).to_contain_text("No live connections", timeout=10_000)
-    expect(page.locator("#history")).to_contain_text("closed by owner", timeout=10_000)
+    expect(page.locator("#live")).to_contain_text("No live connections")
+    expect(page.locator("#history")).to_contain_text("closed by owner")
 
     # Revoking the key closes its sockets with 4401.
     with connect(site.url, open_timeout=10) as ws:
@@ -160,18 +234,20 @@ def test_walk_through_the_dashboard(page, site, trained):
     # Log out: back to the login form, and the API refuses the old session.
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Log in to Nember")).to_be_visible()
-    assert page.request.get(base + "/api/keys").status == 401
+    assert page.request.get(site.base + "/api/keys").status == 401
 
 
-def test_the_page_fits_a_phone(page, site):
-    page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(f"http://127.0.0.1:{site.port}/")
-    page.get_by_label("Email").fill("trader@example.com")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+def test_the_page_fits_a_phone(open_page, site):
+    # A charged connection of its own, so Usage has rows whatever ran before.
+    key = run_cli(site.server.config, "keys", "create", "--account", EMAIL,
+                  "--name", "phone-bot").stdout.strip().splitlines()[-1]
+    with connect(site.url, open_timeout=10) as ws:
+        authenticate(ws, key)
+    page = open_page(390, 844)
+    log_in(page, site.base)
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", name="Per connection")).to_be_visible()
+    expect(page.locator("tr[data-usage]").first).to_be_visible()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390  # no sideways scrolling of the page; wide tables scroll in their box
     shot(page, "usage-phone")

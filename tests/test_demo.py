@@ -29,40 +29,36 @@ def banner_key(server: Server, nth: int = 1, timeout: float = 60.0) -> str:
 
 
 @pytest.mark.slow
-def test_demo_serves_and_the_example_client_prints_predictions(tmp_path):
+def test_demo_serves_and_the_example_client_prints_predictions(tmp_path, servers):
     config = write_config(tmp_path)
-    demo = Server(config, command="demo")
-    try:
-        key = banner_key(demo)
-        output = demo.output()
-        assert f"Nember demo is serving {demo.url}" in output
-        assert f"Dashboard: http://127.0.0.1:{demo.port}/ " in output
-        assert f"examples/client.py --url {demo.url} --key {key}" in output
-        client = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples/client.py"), "--url", demo.url, "--key", key],
-            stdout=subprocess.PIPE, text=True,
-        )
-        lines = []
-        deadline = time.monotonic() + 20
-        while len(lines) < 3 and time.monotonic() < deadline:
-            lines.append(client.stdout.readline().strip())
-        client.kill()
-        client.wait()
-        assert lines[0] == "API key successfully verified!"
-        assert lines[1] in ("0", "1") and lines[2] in ("0", "1")  # up (1) or not (0)
-        trained = demo.log().count("model.loaded")
-        assert trained >= 1
-    finally:
-        assert demo.terminate() == 0
+    demo = servers(config, command="demo")
+    key = banner_key(demo)
+    output = demo.output()
+    assert f"Nember demo is serving {demo.url}" in output
+    assert f"Dashboard: http://127.0.0.1:{demo.port}/ " in output
+    assert f"examples/client.py --url {demo.url} --key {key}" in output
+    client = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples/client.py"), "--url", demo.url, "--key", key],
+        stdout=subprocess.PIPE, text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 20
+    while len(lines) < 3 and time.monotonic() < deadline:
+        lines.append(client.stdout.readline().strip())
+    client.kill()
+    client.wait()
+    assert lines[0] == "API key successfully verified!"
+    assert lines[1] in ("0", "1") and lines[2] in ("0", "1")  # up (1) or not (0)
+    trained = demo.log().count("model.loaded")
+    assert trained >= 1
+    assert demo.terminate() == 0
     trainings = demo.log().count("demo: training")
     assert trainings >= 6
     # A second run makes nothing new: same key, no training. (Same port: same log file.)
-    again = Server(config, command="demo")
-    try:
-        assert banner_key(again, nth=2) == key
-        assert again.log().count("demo: training") == trainings
-    finally:
-        again.terminate()
+    again = servers(config, command="demo")
+    assert banner_key(again, nth=2) == key
+    assert again.log().count("demo: training") == trainings
+    again.terminate()
     models = list((tmp_path / "data" / "models").rglob("meta.json"))
     assert len(models) >= 6  # DecisionTree, XGBoost and LightGBM at least, class and reg
     assert all(m.parent.name == "v000001" for m in models)

@@ -9,7 +9,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.harness import Server
 from tests.helpers import ask, authed
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
@@ -82,10 +81,8 @@ def all_trained(workspace):
 
 
 @pytest.fixture(scope="module")
-def family_server(all_trained):
-    server = Server(all_trained.config)
-    yield server
-    server.kill()
+def family_server(all_trained, module_servers):
+    return module_servers(all_trained.config)
 
 
 @pytest.mark.parametrize("model_type", ["class", "reg"])

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from nember_core import hookspecs
-from tests.harness import Server, run_cli
+from tests.harness import run_cli
 from tests.helpers import ask, authed
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
@@ -40,7 +40,7 @@ def test_third_party_family_is_listed(workspace, plugin_env):
     assert "Baseline" not in run_cli(workspace.config, "families").stdout
 
 
-async def test_third_party_family_trains_and_serves(workspace, plugin_env):
+async def test_third_party_family_trains_and_serves(workspace, plugin_env, servers):
     out = run_cli(
         workspace.config, "train", "--account", "trader@example.com", "--strat", "third",
         "--model", "Baseline", "--type", "reg", "--data", str(workspace.data),
@@ -51,16 +51,13 @@ async def test_third_party_family_trains_and_serves(workspace, plugin_env):
 
     with open(workspace.data) as handle:
         moves = [float(row["move"]) for row in csv.DictReader(handle)]
-    server = Server(workspace.config, env=plugin_env)
-    try:
-        async with aiohttp.ClientSession() as session:
-            ws = await authed(session, server.url, workspace.key)
-            answer = await ask(ws, {"strat_name": "third", "model_name": "Baseline",
-                                    "model_type": "reg", "DataPoints": [{"point1": 1.5}]})
-            assert answer["prediction"] == pytest.approx(sum(moves) / len(moves))
-            await ws.close()
-    finally:
-        server.kill()
+    server = servers(workspace.config, env=plugin_env)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, workspace.key)
+        answer = await ask(ws, {"strat_name": "third", "model_name": "Baseline",
+                                "model_type": "reg", "DataPoints": [{"point1": 1.5}]})
+        assert answer["prediction"] == pytest.approx(sum(moves) / len(moves))
+        await ws.close()
 
 
 def test_every_hook_is_documented_in_the_readme_with_its_signature():

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.harness import Server, write_config
+from tests.harness import write_config
 from tests.helpers import REQUEST, ask, authed, request
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
@@ -191,95 +191,81 @@ async def test_seed_request_example_works_as_written(server, trained):
         await ws.close()
 
 
-async def test_connection_limit_per_account(trained, tmp_path):
+async def test_connection_limit_per_account(trained, tmp_path, servers):
     # The workspace's data (so the key exists) on a server of its own with a low limit.
     config = write_config(tmp_path, server={"max_connections_per_account": 2},
                           data_dir=trained.data_dir)
-    server = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            one = await authed(session, server.url, trained.key)
-            two = await authed(session, server.url, trained.key)
-            answer, code = await refused(server.url, trained.key)
-            assert answer == {
-                "status": "error",
-                "message": "Connection limit reached for this API key.",
-            }
-            assert code == 1008
-            await one.close()
-            await asyncio.sleep(0.2)
-            three = await authed(session, server.url, trained.key)  # a slot is free again
-            await two.close()
-            await three.close()
-    finally:
-        server.kill()
+    server = servers(config)
+    async with aiohttp.ClientSession() as session:
+        one = await authed(session, server.url, trained.key)
+        two = await authed(session, server.url, trained.key)
+        answer, code = await refused(server.url, trained.key)
+        assert answer == {
+            "status": "error",
+            "message": "Connection limit reached for this API key.",
+        }
+        assert code == 1008
+        await one.close()
+        await asyncio.sleep(0.2)
+        three = await authed(session, server.url, trained.key)  # a slot is free again
+        await two.close()
+        await three.close()
 
 
-async def test_no_key_within_the_auth_timeout_closes_with_1008(trained, tmp_path):
+async def test_no_key_within_the_auth_timeout_closes_with_1008(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"auth_timeout": 0.5})
-    server = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.url) as ws:
-                msg = await ws.receive(timeout=10)
-                assert msg.type == aiohttp.WSMsgType.CLOSE
-                assert ws.close_code == 1008
-    finally:
-        server.kill()
+    server = servers(config)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.url) as ws:
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 1008
 
 
-async def test_rate_limit_answers_an_error_and_keeps_the_connection(trained, tmp_path):
+async def test_rate_limit_answers_an_error_and_keeps_the_connection(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"rate_limit": {"per_second": 2, "burst": 3}},
                           data_dir=trained.data_dir)
-    server = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            ws = await authed(session, server.url, trained.key)
-            assert (await ask(ws, request()))["type"] == "success"  # loads the model
-            await asyncio.sleep(1.6)  # the bucket refills to its burst of 3
-            for frame in [request()] * 5:
-                await ws.send_str(frame)
-            answers = [json.loads(await ws.receive_str(timeout=10)) for _ in range(5)]
-            assert [a["type"] for a in answers[:3]] == ["success"] * 3
-            assert answers[3]["type"] == "error"
-            assert answers[3]["message"].startswith("Rate limit exceeded: at most 2 requests")
-            assert [a["seq_num"] for a in answers] == [2, 3, 4, 5, 6]
-            await asyncio.sleep(0.6)
-            assert (await ask(ws, request()))["type"] == "success"
-            await ws.close()
-    finally:
-        server.kill()
+    server = servers(config)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        assert (await ask(ws, request()))["type"] == "success"  # loads the model
+        await asyncio.sleep(1.6)  # the bucket refills to its burst of 3
+        for frame in [request()] * 5:
+            await ws.send_str(frame)
+        answers = [json.loads(await ws.receive_str(timeout=10)) for _ in range(5)]
+        assert [a["type"] for a in answers[:3]] == ["success"] * 3
+        assert answers[3]["type"] == "error"
+        assert answers[3]["message"].startswith("Rate limit exceeded: at most 2 requests")
+        assert [a["seq_num"] for a in answers] == [2, 3, 4, 5, 6]
+        await asyncio.sleep(0.6)
+        assert (await ask(ws, request()))["type"] == "success"
+        await ws.close()
 
 
-async def test_a_peer_that_ignores_pings_is_dropped(trained, tmp_path):
+async def test_a_peer_that_ignores_pings_is_dropped(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"heartbeat": 0.5}, data_dir=trained.data_dir)
-    server = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            ws = await authed(session, server.url, trained.key, autoping=False)
-            ended = None
-            for _ in range(20):  # pings arrive and go unanswered; then the server drops us
-                msg = await ws.receive(timeout=10)
-                if msg.type != aiohttp.WSMsgType.PING:
-                    ended = msg.type
-                    break
-            assert ended in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                             aiohttp.WSMsgType.ERROR)
-        await asyncio.sleep(0.5)
-        closed = server.events("connection.close")
-        assert closed and closed[-1]["close_reason"] == "connection lost"
-    finally:
-        server.kill()
+    server = servers(config)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key, autoping=False)
+        ended = None
+        for _ in range(20):  # pings arrive and go unanswered; then the server drops us
+            msg = await ws.receive(timeout=10)
+            if msg.type != aiohttp.WSMsgType.PING:
+                ended = msg.type
+                break
+        assert ended in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                         aiohttp.WSMsgType.ERROR)
+    await asyncio.sleep(0.5)
+    closed = server.events("connection.close")
+    assert closed and closed[-1]["close_reason"] == "connection lost"
 
 
-async def test_serves_the_same_on_uvloop(trained, tmp_path):
+async def test_serves_the_same_on_uvloop(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"event_loop": "uvloop"}, data_dir=trained.data_dir)
-    server = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            ws = await authed(session, server.url, trained.key)
-            assert (await ask(ws, request()))["message"] == NEW
-            assert (await ask(ws, "junk"))["seq_num"] == 2
-            await ws.close()
-    finally:
-        assert server.terminate() == 0
+    server = servers(config)
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, server.url, trained.key)
+        assert (await ask(ws, request()))["message"] == NEW
+        assert (await ask(ws, "junk"))["seq_num"] == 2
+        await ws.close()
+    assert server.terminate() == 0

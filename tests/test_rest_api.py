@@ -19,13 +19,11 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
 
 @pytest.fixture(scope="module")
-def api(trained):
+def api(trained, module_servers):
     """The trained workspace's server, plus a second account (the 'other' tenant)."""
     run_cli(trained.config, "accounts", "create", "other@example.com")
     other = run_cli(trained.config, "keys", "create", "--account", "other@example.com")
-    server = Server(trained.config)
-    yield Api(server, trained, other.stdout.strip().splitlines()[-1])
-    server.kill()
+    return Api(module_servers(trained.config), trained, other.stdout.strip().splitlines()[-1])
 
 
 class Api:
@@ -214,20 +212,17 @@ async def test_a_bad_csv_is_422_and_json_is_400(api):
     assert status == 400 and "multipart/form-data" in answer["error"]
 
 
-async def test_an_upload_over_the_limit_is_413(api, tmp_path):
+async def test_an_upload_over_the_limit_is_413(api, tmp_path, servers):
     from tests.harness import write_config
 
     config = write_config(tmp_path, server={"max_upload_size": 2048},
                           data_dir=api.workspace.data_dir)
-    small = Server(config)
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{small.port}/api/models",
-                                    headers=api.auth(), data=api.form()) as response:
-                assert response.status == 413
-                assert "larger than the limit of 2048 bytes" in (await response.json())["error"]
-    finally:
-        small.kill()
+    small = servers(config)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{small.port}/api/models",
+                                headers=api.auth(), data=api.form()) as response:
+            assert response.status == 413
+            assert "larger than the limit of 2048 bytes" in (await response.json())["error"]
 
 
 async def test_a_failing_fit_is_a_failed_job_with_the_reason(api):

@@ -8,23 +8,21 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.harness import Server, write_config
+from tests.harness import write_config
 from tests.helpers import ask, authed, request
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
 
 @pytest.fixture
-def tls_server(trained, tmp_path):
+def tls_server(trained, tmp_path, servers):
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
     config = write_config(tmp_path, server={"tls": {"cert": "server.pem", "key": "server.key"}},
                           data_dir=trained.data_dir)
-    server = Server(config)
-    yield server, ca
-    server.kill()
+    return servers(config), ca
 
 
 async def test_wss_connection_with_a_trusted_certificate(tls_server, trained):

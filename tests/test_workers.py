@@ -39,12 +39,12 @@ class Workers(Server):
 
 
 @pytest.fixture
-def workers(trained, tmp_path, monkeypatch):
+def workers(trained, tmp_path, monkeypatch, servers):
     """A supervisor of two workers over the trained workspace's data."""
     config = write_config(tmp_path, server={"workers": 2, "max_connections_per_account": 40},
                           data_dir=trained.data_dir,
                           connection_registry={"plugin": "sqlite", "heartbeat": 0.2})
-    supervisor = Workers(config)
+    supervisor = servers(config, kind=Workers)
     try:
         wait_until(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
         yield supervisor
@@ -106,10 +106,10 @@ async def test_connections_spread_over_workers_and_are_listed_and_closed_as_one(
             assert message.data == 4000
 
 
-async def test_the_connection_limit_counts_every_worker(trained, tmp_path):
+async def test_the_connection_limit_counts_every_worker(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"workers": 2, "max_connections_per_account": 3},
                           data_dir=trained.data_dir)
-    supervisor = Workers(config)
+    supervisor = servers(config, kind=Workers)
     try:
         wait_until(lambda: len(supervisor.listening_nodes()) == 2, what="two workers listening")
         async with aiohttp.ClientSession() as session:
