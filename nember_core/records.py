@@ -47,7 +47,13 @@ class NewApiKey:
 
 @attrs.frozen
 class ModelKey:
-    """What a prediction request names: whose model, for which strategy, family and type."""
+    """What a prediction request names: whose model, for which strategy, family and type.
+
+    The same three names everywhere inside; at the edges they keep the spellings their
+    contracts fix: ``strat_name``, ``model_name``, ``model_type`` on the websocket;
+    ``--strat``, ``--model``, ``--type`` on the command line and ``strat``, ``model``,
+    ``type`` in the REST API.
+    """
 
     account_id: str
     strat: str

@@ -56,7 +56,7 @@ def write_config(
     """A config in ``folder`` with a fresh port; ``server`` and sections override defaults.
 
     ``data_dir`` lets a second server share another's accounts, keys and models. Trees are
-    not compiled unless ``server`` asks: tests/test_native_trees.py covers compiling, and
+    not compiled unless ``server`` asks: tests/e2e/test_native_trees.py covers compiling, and
     elsewhere it would only take CPU from the tests (and hide the paths it replaces).
     """
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ Every key's default and doc is declared once, where the key is: ``setting(...)``
 A role's section shows its default plugin's keys.
 
 ``python -m nember_core.app.config_docs --write`` rewrites both; without ``--write`` it prints
-them. ``tests/test_config_docs.py`` fails when either is out of date.
+them. ``tests/units/test_config_docs.py`` fails when either is out of date.
 """
 
 from __future__ import annotations

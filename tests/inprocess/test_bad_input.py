@@ -1,7 +1,7 @@
 """Malformed frames and the request-error rows of PROTOCOL.md §1.2 and §5, in-process.
 
-The in-process equivalent of tests/test_bad_input.py and the request-error rows of
-tests/test_protocol.py: every bad frame gets its exact error answer, with its ``seq_num``, and
+The in-process equivalent of tests/e2e/test_bad_input.py and the request-error rows of
+tests/e2e/test_protocol.py: every bad frame gets its exact error answer, with its ``seq_num``, and
 the connection stays open for the next good request. Limits that need a config of their own
 (the rate limit, the connection limit) get an app of their own over the same data folder.
 """

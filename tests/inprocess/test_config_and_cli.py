@@ -1,5 +1,5 @@
 """Config errors through load_config/parse_config, and the CLI's commands through main(), in
-this process: the in-process equivalent of the end-to-end tests/test_config_and_cli.py.
+this process: the in-process equivalent of the end-to-end tests/e2e/test_config_and_cli.py.
 
 These tests are synchronous: ``main()`` runs its own event loop, as the ``nember`` command
 does.

@@ -1,8 +1,8 @@
 """Dashboard sessions in-process: login, sign-up, CSRF, the login limiter, cookies, logout.
 
-The in-process twin of tests/test_dashboard_auth.py. ``client`` serves the default config
+The in-process twin of tests/e2e/test_dashboard_auth.py. ``client`` serves the default config
 (sign-up closed, 10 failed logins a minute); ``site`` the same data folder with sign-up open
-and a limit of 3. The browser walk-through stays in tests/test_dashboard_browser.py.
+and a limit of 3. The browser walk-through stays in tests/e2e/test_dashboard_browser.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The REST API under /api/ in-process: every route, its errors, account isolation.
 
-The in-process twin of tests/test_rest_api.py: the same statuses, JSON shapes and messages,
+The in-process twin of tests/e2e/test_rest_api.py: the same statuses, JSON shapes and messages,
 and the effects checked through another route or the websocket. Training through
 ``POST /api/models`` runs in a spawned worker process, as in a real server; one test does it.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nember_core.plugin_api as plugin_api
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_import_contracts_hold():

@@ -11,8 +11,7 @@ import pytest
 
 from nember_core.plugin_api import Tree, TreeEnsemble
 from nember_core.plugins import collect_families, plugin_manager
-
-from .synthetic import dataset
+from tests.synthetic import dataset
 
 FAMILIES = collect_families(plugin_manager())
 X, TARGETS, ROWS = dataset(42)

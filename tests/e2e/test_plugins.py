@@ -16,7 +16,7 @@ from tests.helpers import ask, authed
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def install_example_plugin(target: Path) -> dict:

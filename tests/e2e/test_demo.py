@@ -14,7 +14,7 @@ from tests.harness import Server, write_config
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def banner_key(server: Server, nth: int = 1, timeout: float = 60.0) -> str:

@@ -29,7 +29,7 @@ from nember_core.config import (
 )
 from nember_core.plugins import collect_providers, plugin_manager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "run: python -m nember_core.app.config_docs --write"
 # Fields that are no key of their own: the file read; a plugin's options (its keys sit beside
 # ``plugin:``); billing's plugin section (its keys sit in billing's own section).

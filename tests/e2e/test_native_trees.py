@@ -17,8 +17,7 @@ import pytest
 from nember_core.plugins import collect_families, plugin_manager
 from nember_core.trees.compiler import TreeCompiler, unavailable_reason
 from nember_core.trees.native import NativeTrees
-
-from .harness import (
+from tests.harness import (
     Workspace,
     require_service,
     run_cli,
@@ -26,8 +25,8 @@ from .harness import (
     write_config,
     write_prices,
 )
-from .helpers import ask, authed
-from .synthetic import dataset
+from tests.helpers import ask, authed
+from tests.synthetic import dataset
 
 pytestmark = pytest.mark.e2e  # gcc and real nember processes: `pytest -m e2e`
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .harness import PASSWORD, Server, run_cli, wait_until, write_config
-from .helpers import ask, authed
+from tests.harness import PASSWORD, Server, run_cli, wait_until, write_config
+from tests.helpers import ask, authed
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
