@@ -83,6 +83,9 @@ class ModelMeta:
     samples: int
     trained_at: datetime
     training_seconds: float
+    # SHA-256 of the model file, checked before a server decodes it: a damaged file is refused
+    # instead of reaching a library that may crash on it. None for models stored before it.
+    artifact_sha256: str | None = None
 
     @property
     def id(self) -> str:
@@ -106,6 +109,7 @@ class ModelMeta:
             "samples": self.samples,
             "trained_at": self.trained_at.isoformat(),
             "training_seconds": self.training_seconds,
+            "artifact_sha256": self.artifact_sha256,
         }
 
     @classmethod
@@ -124,7 +128,12 @@ class ModelMeta:
             samples=int(data["samples"]),
             trained_at=datetime.fromisoformat(data["trained_at"]),
             training_seconds=float(data["training_seconds"]),
+            artifact_sha256=data.get("artifact_sha256"),
         )
+
+
+def artifact_digest(artifact: bytes) -> str:
+    return hashlib.sha256(artifact).hexdigest()
 
 
 @attrs.frozen

@@ -28,6 +28,22 @@ def spawn_pool(workers: int, initializer: Callable[..., None] | None = None,
     )
 
 
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop now: queued work is dropped and running work killed. ``shutdown(wait=False)``
+    alone leaves a worker finishing its task, and the interpreter's exit waits for it: a
+    SIGTERM would wait minutes for a big training job."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    # Before: shutdown() forgets its processes.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+
+
 def _init_worker(parent: int, nice: int, initializer, initargs) -> None:
     die_with_parent(parent)
     if nice:

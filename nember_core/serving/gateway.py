@@ -61,7 +61,8 @@ class Gateway:
         server = self.config.server
         ws = web.WebSocketResponse(
             heartbeat=server.heartbeat,
-            max_msg_size=server.max_message_size,
+            # aiohttp refuses a frame of exactly its limit; the contract accepts it.
+            max_msg_size=server.max_message_size + 1,
             compress=False,  # tiny, frequent frames: compression costs more than it saves
         )
         await ws.prepare(request)
@@ -102,7 +103,10 @@ class Gateway:
         secret = msg.data.strip() if msg.type is _TEXT else ""
         key = None
         if secret and len(secret) <= credentials.MAX_KEY_LENGTH:
-            key = await self.stores.key_store.authenticate(secret)
+            try:
+                key = await self.stores.key_store.authenticate(secret)
+            except Exception as exc:
+                return await self._unavailable(ws, "key_store", exc)
         if key is None:
             log.info("auth.refused", remote=remote, reason="invalid key")
             return await self._refuse(ws, protocol.INVALID_KEY, b"Invalid API key")
@@ -112,17 +116,22 @@ class Gateway:
         socket = Socket(self._connection(key, remote), ws)
         conn = socket.conn
         limit = self.config.server.max_connections_per_account
-        if not await self.stores.registry.add(conn, limit, socket.close):
+        try:
+            added = await self.stores.registry.add(conn, limit, socket.close)
+        except Exception as exc:
+            return await self._unavailable(ws, "connection_registry", exc)
+        if not added:
             log.info("auth.refused", remote=remote, key_id=key.id, reason="connection limit")
             return await self._refuse(ws, protocol.LIMIT_REACHED, b"Connection limit reached")
         try:
             billing = self.config.billing
             await self.stores.billing.charge(conn.usage(), billing.price, billing.currency)
-        except Exception as exc:
-            await self.stores.registry.remove(conn)
-            log.error("billing.charge_failed", connection_id=conn.id, error=repr(exc))
-            await ws.close(code=1011, message=b"Internal error")
-            return None
+        except Exception as exc:  # never served uncharged
+            try:
+                await self.stores.registry.remove(conn)
+            except Exception as also:
+                log.error("registry.remove_failed", error=repr(also)[:200])
+            return await self._unavailable(ws, "billing", exc)
         self.live[conn.id] = socket
         log.info(
             "connection.open",
@@ -134,10 +143,17 @@ class Gateway:
         )
         return socket, secret
 
-    async def _refuse(self, ws: web.WebSocketResponse, answer: bytes, reason: bytes) -> None:
+    async def _refuse(self, ws: web.WebSocketResponse, answer: bytes, reason: bytes,
+                      code: int = protocol.POLICY_VIOLATION) -> None:
         await ws.send_frame(answer, _TEXT)
-        await ws.close(code=protocol.POLICY_VIOLATION, message=reason)
+        await ws.close(code=code, message=reason)
         return None
+
+    async def _unavailable(self, ws: web.WebSocketResponse, store: str, exc: Exception) -> None:
+        """A store failed while accepting: refused with 1013, not charged (PROTOCOL §5)."""
+        log.error("auth.store_failed", store=store, error=repr(exc)[:200])
+        return await self._refuse(ws, protocol.UNAVAILABLE, b"Try again later",
+                                  protocol.TRY_AGAIN_LATER)
 
     def _connection(self, key: ApiKey, remote: str) -> LiveConnection:
         return LiveConnection(

@@ -5,7 +5,7 @@ predictor in a worker thread: ``model_loader``) happens on a miss, off the per-f
 background task looks for newer versions whenever the model store's generation token
 changes, so a retrained model is picked up without any I/O per request. A load that fails is
 remembered as a failure, tried again after a backoff, not as "no such model". Tree models are
-compiled to native code in the background (``tree_compiler``) and switch to it when it is
+compiled to native code in the background (``trees.compiler``) and switch to it when it is
 ready.
 """
 
@@ -90,8 +90,6 @@ class LoadedModel:
         if self._labels is not None:
             return self._labels[int(raw)]
         return float(raw)
-
-
 
 
 class ModelCache:

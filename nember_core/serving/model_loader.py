@@ -17,12 +17,14 @@ import numpy as np
 
 from nember_core.plugin_api import (
     ModelFamily,
+    ModelFileRejected,
     ModelMeta,
     Predictor,
     RowPredictor,
     RowsPredictor,
     TreeEnsemble,
 )
+from nember_core.records import artifact_digest
 
 from .batching import Costs
 
@@ -42,7 +44,10 @@ class Loaded:
 
 def load_model(family: ModelFamily, meta: ModelMeta, data: bytes,
                batch_above_us: float | None) -> Loaded:
-    """Deserialize ``data``, build the model's predictor and measure it."""
+    """Check ``data`` against its digest, deserialize it, build the predictor, measure it."""
+    if meta.artifact_sha256 is not None and artifact_digest(data) != meta.artifact_sha256:
+        # Never hand a damaged file to the library: some crash the process on one.
+        raise ModelFileRejected(f"the file of {meta.id} is damaged (its digest differs)")
     return build(family, meta, family.loads(data, meta.key.model_type), batch_above_us)
 
 

@@ -17,6 +17,9 @@ INVALID_KEY = orjson.dumps({"status": "error", "message": "Invalid API key."})
 LIMIT_REACHED = orjson.dumps(
     {"status": "error", "message": "Connection limit reached for this API key."}
 )
+UNAVAILABLE = orjson.dumps(  # a store could not be reached (PROTOCOL.md §5)
+    {"status": "error", "message": "Service temporarily unavailable, try again later."}
+)
 
 NEW_MODEL = "New model configuration added, prediction made"
 EXISTING_MODEL = "Existing model data used for prediction"
@@ -26,6 +29,7 @@ LOAD_FAILED = "The model could not be loaded; try again later."
 # Close codes (PROTOCOL.md §1.3)
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
+TRY_AGAIN_LATER = 1013
 CLOSED_BY_OWNER = 4000
 KEY_REVOKED = 4401
 

@@ -24,7 +24,7 @@ from nember_core.credentials import new_id
 from nember_core.errors import NemberError, NotFound
 from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, JobBoard
 from nember_core.records import ModelKey, TrainingJob, utcnow
-from nember_core.worker_pool import spawn_pool
+from nember_core.worker_pool import spawn_pool, stop_pool
 
 log = structlog.get_logger("nember.jobs")
 
@@ -194,7 +194,7 @@ class TrainingJobs:
             await self._publish()  # the last states, stopped jobs included
         except Exception as exc:
             log.error("training.publish_failed", error=str(exc))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(self._pool)
         try:
             self._queue.put(None)  # the reader's signal to stop...
         except (OSError, ValueError):

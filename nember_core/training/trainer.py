@@ -17,7 +17,7 @@ import numpy as np
 from nember_core import rules
 from nember_core.errors import InvalidData
 from nember_core.plugin_api import ModelFamily
-from nember_core.records import ModelKey, ModelMeta, utcnow
+from nember_core.records import ModelKey, ModelMeta, artifact_digest, utcnow
 
 from .dataset import Dataset, windowed
 
@@ -72,6 +72,7 @@ def train(
         samples=len(y),
         trained_at=utcnow(),
         training_seconds=round(elapsed, 4),
+        artifact_sha256=artifact_digest(artifact),
     )
     report(1.0, "trained")
     return TrainedModel(meta=meta, artifact=artifact)

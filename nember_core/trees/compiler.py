@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from nember_core.worker_pool import spawn_pool
+from nember_core.worker_pool import spawn_pool, stop_pool
 
 from .ensemble import TreeEnsemble
 from .native import NativeTrees, build_library
@@ -103,4 +103,4 @@ class TreeCompiler:
         for running in list(self._running.values()):
             running.cancel()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(self._pool)

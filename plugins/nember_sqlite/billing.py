@@ -10,7 +10,7 @@ import aiosqlite
 
 from nember_core.plugin_api import AlreadyExists, Charge, ConnectionUsage, utcnow
 
-from .db import connect
+from .db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -43,12 +43,12 @@ def _time(text: str | None) -> datetime | None:
 
 
 class SqliteBillingLedger:
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: Database):
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBillingLedger:
-        return cls(await connect(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA))
 
     async def close(self) -> None:
         await self._db.close()
@@ -63,66 +63,47 @@ class SqliteBillingLedger:
             charged_at=utcnow(),
         )
         try:
-            # One transaction: the charge and the open usage row land together, fsynced.
-            await self._db.execute(
-                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    charge.connection_id,
-                    charge.account_id,
-                    charge.key_id,
-                    str(charge.amount),
-                    currency,
-                    charge.charged_at.isoformat(),
-                ),
-            )
-            await self._db.execute(
-                "INSERT INTO usage (connection_id, account_id, key_id, remote, opened_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    usage.connection_id,
-                    usage.account_id,
-                    usage.key_id,
-                    usage.remote,
-                    usage.opened_at.isoformat(),
-                ),
-            )
-            await self._db.commit()
+            # One transaction of its own: the charge and the open usage row land together,
+            # fsynced, whatever other connections' charges do meanwhile.
+            async with self._db.transaction() as db:
+                await db.execute(
+                    "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
+                    (charge.connection_id, charge.account_id, charge.key_id,
+                     str(charge.amount), currency, charge.charged_at.isoformat()),
+                )
+                await db.execute(
+                    "INSERT INTO usage (connection_id, account_id, key_id, remote, opened_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (usage.connection_id, usage.account_id, usage.key_id, usage.remote,
+                     usage.opened_at.isoformat()),
+                )
         except aiosqlite.IntegrityError:
-            await self._db.rollback()
             raise AlreadyExists(f"connection {usage.connection_id} is already charged") from None
         return charge
 
     async def record_usage(self, usage: ConnectionUsage) -> None:
-        await self._db.execute(
-            "UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, predictions = ?, "
-            "errors = ? WHERE connection_id = ?",
-            (
-                usage.closed_at.isoformat() if usage.closed_at else None,
-                usage.close_code,
-                usage.close_reason,
-                usage.predictions,
-                usage.errors,
-                usage.connection_id,
-            ),
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.execute(
+                "UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, "
+                "predictions = ?, errors = ? WHERE connection_id = ?",
+                (usage.closed_at.isoformat() if usage.closed_at else None, usage.close_code,
+                 usage.close_reason, usage.predictions, usage.errors, usage.connection_id),
+            )
 
     async def charges(self, account_id: str) -> list[Charge]:
-        async with self._db.execute(
+        rows = await self._db.read(
             "SELECT connection_id, account_id, key_id, amount, currency, charged_at FROM charges "
             "WHERE account_id = ? ORDER BY charged_at",
             (account_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [Charge(r[0], r[1], r[2], Decimal(r[3]), r[4], _time(r[5])) for r in rows]
 
     async def usage(self, account_id: str) -> list[ConnectionUsage]:
-        async with self._db.execute(
+        rows = await self._db.read(
             "SELECT connection_id, account_id, key_id, remote, opened_at, closed_at, close_code, "
             "close_reason, predictions, errors FROM usage WHERE account_id = ? ORDER BY opened_at",
             (account_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [
             ConnectionUsage(r[0], r[1], r[2], r[3], _time(r[4]), _time(r[5]), *r[6:]) for r in rows
         ]

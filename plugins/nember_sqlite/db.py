@@ -1,10 +1,13 @@
-"""Opening an SQLite database that several processes (servers, workers, the CLI) share safely."""
+"""SQLite databases that several processes (servers, workers, the CLI) share safely, and that
+a store's coroutines share one transaction at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from contextlib import closing
 from pathlib import Path
 
@@ -44,3 +47,49 @@ def _initialize(path: Path, schema: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(schema)
             db.commit()
+
+
+class Database:
+    """A store's one connection, shared by its coroutines: one transaction at a time.
+
+    aiosqlite runs each call on the connection's thread in order, but a transaction spans
+    several calls, and every coroutine's calls interleave on the one connection. Without the
+    lock, one coroutine's rollback would take another's writes with it (a charge lost after
+    its bot heard ``Valid API key.``) and one's commit would commit another's half-done ones
+    (a charge without its usage row, if the process dies next). Every transaction also rolls
+    back on any exit but a normal one, cancellation included: left open, it would fail every
+    later one ("cannot start a transaction within a transaction").
+    """
+
+    def __init__(self, connection: aiosqlite.Connection):
+        self._db = connection
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, schema: str, durable: bool = True) -> Database:
+        return cls(await connect(path, schema, durable))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, inside a write transaction (BEGIN IMMEDIATE: it takes SQLite's
+        write lock at once, so it never fails half-way to upgrade a read)."""
+        async with self._lock:
+            try:
+                # Inside the try: cancelled while waiting, the BEGIN still runs on the
+                # connection's thread, and must be rolled back (a no-op if it never ran).
+                await self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+
+    async def read(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        """The rows of one query, never inside another coroutine's unfinished transaction."""
+        async with self._lock:
+            async with self._db.execute(sql, tuple(args)) as cursor:
+                return list(await cursor.fetchall())
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()

@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-import aiosqlite
-
 from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, ModelKey, TrainingJob
 
-from .db import connect
+from .db import Database
 
 ORPHANED_AFTER = 6 * JOB_HEARTBEAT_SECONDS
 LOST = "the server process running this job stopped; train the model again"
@@ -47,37 +45,37 @@ COLUMNS = ("id", "account_id", "strat", "family", "model_type", "created_at", "s
 
 
 class SqliteJobBoard:
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: Database):
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> SqliteJobBoard:
-        return cls(await connect(path, SCHEMA, durable=False))  # progress, not money
+        return cls(await Database.open(path, SCHEMA, durable=False))  # progress, not money
 
     async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
         now = time.time()
-        await self._db.executemany(
-            f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}, written_at) "
-            f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-            [(job.id, job.account_id, job.key.strat, job.key.family, job.key.model_type,
-              job.created_at.isoformat(), job.state, job.progress, job.stage, job.error,
-              job.model_id, job.version,
-              job.finished_at.isoformat() if job.finished_at else None, now)
-             for job in jobs],
-        )
-        await self._db.execute(
-            "DELETE FROM jobs WHERE id NOT IN "
-            "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)", (keep,)
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.executemany(
+                f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}, written_at) "
+                f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                [(job.id, job.account_id, job.key.strat, job.key.family, job.key.model_type,
+                  job.created_at.isoformat(), job.state, job.progress, job.stage, job.error,
+                  job.model_id, job.version,
+                  job.finished_at.isoformat() if job.finished_at else None, now)
+                 for job in jobs],
+            )
+            await db.execute(
+                "DELETE FROM jobs WHERE id NOT IN "
+                "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)", (keep,)
+            )
 
     async def read(self, job_id: str) -> TrainingJob | None:
-        cursor = await self._db.execute(
+        rows = await self._db.read(
             f"SELECT {', '.join(COLUMNS)}, written_at FROM jobs WHERE id = ?", (job_id,)
         )
-        row = await cursor.fetchone()
-        if row is None:
+        if not rows:
             return None
+        (row,) = rows
         fields = dict(zip(COLUMNS, row, strict=False))
         job = TrainingJob(
             id=fields["id"], account_id=fields["account_id"],

@@ -25,7 +25,7 @@ from nember_core.plugin_api import (
     utcnow,
 )
 
-from .db import connect
+from .db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -71,12 +71,12 @@ def _key(row) -> ApiKey:
 
 
 class SqliteKeyStore:
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: Database):
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> SqliteKeyStore:
-        return cls(await connect(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA))
 
     async def close(self) -> None:
         await self._db.close()
@@ -87,31 +87,30 @@ class SqliteKeyStore:
         password_hash = await asyncio.to_thread(hash_password, password)
         account = Account(id=new_id("acct"), email=email, created_at=utcnow())
         try:
-            await self._db.execute(
-                "INSERT INTO accounts (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                (account.id, email, password_hash, account.created_at.isoformat()),
-            )
-            await self._db.commit()
+            async with self._db.transaction() as db:
+                await db.execute(
+                    "INSERT INTO accounts (id, email, password_hash, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (account.id, email, password_hash, account.created_at.isoformat()),
+                )
         except aiosqlite.IntegrityError:
-            await self._db.rollback()
             raise AlreadyExists(f"an account for {email} already exists") from None
         return account
 
     async def account_by_email(self, email: str) -> Account | None:
-        async with self._db.execute(
+        rows = await self._db.read(
             "SELECT id, email, created_at FROM accounts WHERE email = ?", (email.strip(),)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else Account(row[0], row[1], _time(row[2]))
+        )
+        return Account(rows[0][0], rows[0][1], _time(rows[0][2])) if rows else None
 
     async def check_password(self, email: str, password: str) -> Account | None:
-        async with self._db.execute(
+        rows = await self._db.read(
             "SELECT id, email, created_at, password_hash FROM accounts WHERE email = ?",
             (email.strip(),),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        )
+        if not rows:
             return None
+        (row,) = rows
         ok = await asyncio.to_thread(check_password, password, row[3])
         return Account(row[0], row[1], _time(row[2])) if ok else None
 
@@ -121,53 +120,45 @@ class SqliteKeyStore:
             id=new_id("key"),
             account_id=account_id,
             name=name,
-            prefix=secret[: VISIBLE_PREFIX_LENGTH],
+            prefix=secret[:VISIBLE_PREFIX_LENGTH],
             created_at=utcnow(),
         )
-        await self._db.execute(
-            "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                key.id,
-                account_id,
-                name,
-                key.prefix,
-                key_hash(secret),
-                key.created_at.isoformat(),
-            ),
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.execute(
+                "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.id, account_id, name, key.prefix, key_hash(secret),
+                 key.created_at.isoformat()),
+            )
         return NewApiKey(key=key, secret=secret)
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
-        async with self._db.execute(
+        rows = await self._db.read(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at",
             (account_id,),
-        ) as cursor:
-            return [_key(row) for row in await cursor.fetchall()]
+        )
+        return [_key(row) for row in rows]
 
     async def find_key(self, id_or_secret: str) -> ApiKey | None:
-        async with self._db.execute(
+        rows = await self._db.read(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ? OR key_hash = ?",
             (id_or_secret, key_hash(id_or_secret)),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _key(row)
+        )
+        return _key(rows[0]) if rows else None
 
     async def authenticate(self, secret: str) -> ApiKey | None:
-        async with self._db.execute(
+        rows = await self._db.read(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
             (key_hash(secret),),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _key(row)
+        )
+        return _key(rows[0]) if rows else None
 
     async def revoke_key(self, key_id: str) -> ApiKey:
-        await self._db.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (utcnow().isoformat(), key_id),
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (utcnow().isoformat(), key_id),
+            )
         key = await self.find_key(key_id)
         if key is None:
             raise NotFound(f"no API key with id {key_id}")
@@ -176,33 +167,26 @@ class SqliteKeyStore:
     async def create_session(self, account_id: str, lifetime_seconds: float) -> str:
         token = secrets.token_urlsafe(32)
         now = utcnow()
-        await self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
-        await self._db.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?)",
-            (
-                key_hash(token),
-                account_id,
-                now.isoformat(),
-                (now + timedelta(seconds=lifetime_seconds)).isoformat(),
-            ),
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
+            await db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                (key_hash(token), account_id, now.isoformat(),
+                 (now + timedelta(seconds=lifetime_seconds)).isoformat()),
+            )
         return token
 
     async def session_account(self, token: str) -> Account | None:
-        async with self._db.execute(
+        rows = await self._db.read(
             "SELECT a.id, a.email, a.created_at FROM sessions s JOIN accounts a "
             "ON a.id = s.account_id WHERE s.token_hash = ? AND s.expires_at > ?",
             (key_hash(token), utcnow().isoformat()),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else Account(row[0], row[1], _time(row[2]))
+        )
+        return Account(rows[0][0], rows[0][1], _time(rows[0][2])) if rows else None
 
     async def delete_session(self, token: str) -> None:
-        await self._db.execute(
-            "DELETE FROM sessions WHERE token_hash = ?", (key_hash(token),)
-        )
-        await self._db.commit()
+        async with self._db.transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE token_hash = ?", (key_hash(token),))
 
     async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
         ids = list(set(key_ids))
@@ -210,9 +194,9 @@ class SqliteKeyStore:
         for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
+            rows = await self._db.read(
                 f"SELECT id FROM api_keys WHERE revoked_at IS NOT NULL AND id IN ({marks})",
                 chunk,
-            ) as cursor:
-                revoked.update(row[0] for row in await cursor.fetchall())
+            )
+            revoked.update(row[0] for row in rows)
         return revoked

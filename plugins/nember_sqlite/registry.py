@@ -15,18 +15,16 @@ are no live connections to remember anyway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from datetime import datetime
 from pathlib import Path
 
-import aiosqlite
 import structlog
 
 from nember_core.plugin_api import CloseConnection, LiveConnection
 
-from .db import connect
+from .db import Database
 
 log = structlog.get_logger("nember.registry")
 
@@ -64,47 +62,32 @@ INSERT = ("INSERT OR IGNORE INTO connections (id, instance, node, account_id, ke
 
 
 class SqliteConnectionRegistry:
-    def __init__(self, db: aiosqlite.Connection, node: str, heartbeat: float):
+    def __init__(self, db: Database, node: str, heartbeat: float):
         self._db = db
         self._node = node
         self._instance = f"{node}:{secrets.token_hex(6)}"
         self._heartbeat = heartbeat
-        self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self._local: dict[str, LiveConnection] = {}  # this node's connections
         self._closers: dict[str, CloseConnection] = {}  # ...and how to close each
         self._reported: dict[str, tuple] = {}  # their counters as last written
+        self._unremoved: set[str] = set()  # ended connections a failed write left listed
         self._closing: set[asyncio.Task] = set()
         self._beating: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, path: Path, node: str, heartbeat: float = 1.0):
-        registry = cls(await connect(path, SCHEMA, durable=False), node, heartbeat)
+        registry = cls(await Database.open(path, SCHEMA, durable=False), node, heartbeat)
         try:
-            await registry._db.execute(
-                "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
-                (registry._instance, time.time()),
-            )
-            await registry._db.commit()
+            async with registry._db.transaction() as db:
+                await db.execute(
+                    "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
+                    (registry._instance, time.time()),
+                )
         except BaseException:
             await registry._db.close()  # its thread would keep the process alive
             raise
         registry._beating = asyncio.create_task(registry._beat_forever())
         return registry
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self, begin: str | None = None):
-        """The shared connection for one transaction at a time, committed at the end and
-        rolled back on any error or cancellation: left open, it would fail every later one
-        ("cannot start a transaction within a transaction")."""
-        async with self._lock:
-            if begin is not None:
-                await self._db.execute(begin)
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.rollback()
-                raise
-            await self._db.commit()
 
     def _row(self, conn: LiveConnection) -> tuple:
         return (conn.id, self._instance, self._node, conn.account_id, conn.key_id,
@@ -115,7 +98,7 @@ class SqliteConnectionRegistry:
 
     async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
         # The count and the insert in one write transaction: limits hold across processes.
-        async with self._transaction("BEGIN IMMEDIATE") as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "SELECT COUNT(*) FROM connections JOIN instances USING (instance) "
                 "WHERE account_id = ? AND seen_at >= ?",
@@ -133,19 +116,20 @@ class SqliteConnectionRegistry:
         self._local.pop(conn.id, None)
         self._closers.pop(conn.id, None)
         self._reported.pop(conn.id, None)
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM connections WHERE id = ?", (conn.id,))
-            await db.execute("DELETE FROM close_requests WHERE connection_id = ?", (conn.id,))
+        try:
+            async with self._db.transaction() as db:
+                await _delete(db, [conn.id])
+        except Exception as exc:  # a locked or full disk: unlisted by the next heartbeat
+            self._unremoved.add(conn.id)
+            log.error("registry.remove_failed", error=str(exc))
 
     async def list(self, account_id: str) -> list[LiveConnection]:
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "SELECT id, node, account_id, key_id, key_name, remote, opened_at, predictions, "
-                "errors, last_request_at FROM connections JOIN instances USING (instance) "
-                "WHERE account_id = ? AND seen_at >= ?",
-                (account_id, self._alive_since()),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.read(
+            "SELECT id, node, account_id, key_id, key_name, remote, opened_at, predictions, "
+            "errors, last_request_at FROM connections JOIN instances USING (instance) "
+            "WHERE account_id = ? AND seen_at >= ?",
+            (account_id, self._alive_since()),
+        )
         found = []
         for row in rows:
             local = self._local.get(row[0])
@@ -165,7 +149,7 @@ class SqliteConnectionRegistry:
         if connection_id in self._closers:
             self._start_closing(self._closers[connection_id], code, reason)
             return True
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "SELECT instance FROM connections JOIN instances USING (instance) "
                 "WHERE id = ? AND seen_at >= ?",
@@ -204,7 +188,8 @@ class SqliteConnectionRegistry:
             if self._reported.get(conn_id) != counters:
                 self._reported[conn_id] = counters
                 changed.append((*counters, conn_id))
-        async with self._transaction() as db:
+        unremoved = list(self._unremoved)
+        async with self._db.transaction() as db:
             now = time.time()
             cursor = await db.execute(
                 "UPDATE instances SET seen_at = ? WHERE instance = ?", (now, self._instance)
@@ -229,23 +214,35 @@ class SqliteConnectionRegistry:
                 (self._instance,),
             )
             requests = await cursor.fetchall()
-            await self._forget("seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
+            if unremoved:
+                await _delete(db, unremoved)
+            await self._forget(db, "seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
+        self._unremoved.difference_update(unremoved)
         for conn_id, code, reason in requests:
             close = self._closers.get(conn_id)
             if close is not None:
                 self._start_closing(close, code, reason)
 
-    async def _forget(self, where: str, args: tuple) -> None:
+    @staticmethod
+    async def _forget(db, where: str, args: tuple) -> None:
         """Delete the matching instances with their connections and requests (inside a
         transaction)."""
         gone = f"SELECT instance FROM instances WHERE {where}"
-        await self._db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
-        await self._db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
-        await self._db.execute(f"DELETE FROM instances WHERE {where}", args)
+        await db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
+        await db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
+        await db.execute(f"DELETE FROM instances WHERE {where}", args)
 
     async def close(self) -> None:
         if self._beating is not None:
             self._beating.cancel()
-        async with self._transaction():
-            await self._forget("instance = ?", (self._instance,))
+        async with self._db.transaction() as db:
+            await self._forget(db, "instance = ?", (self._instance,))
         await self._db.close()
+
+
+async def _delete(db, connection_ids: list[str]) -> None:
+    """Unlist these connections and their pending close requests (inside a transaction)."""
+    marks = ",".join("?" * len(connection_ids))
+    await db.execute(f"DELETE FROM connections WHERE id IN ({marks})", connection_ids)
+    await db.execute(f"DELETE FROM close_requests WHERE connection_id IN ({marks})",
+                     connection_ids)

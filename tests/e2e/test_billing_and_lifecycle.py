@@ -138,3 +138,30 @@ async def test_logs_are_json_events_and_never_contain_a_key(server, trained):
     }
     assert trained.key not in log
     assert trained.key[4:20] not in log
+
+
+async def test_sigterm_does_not_wait_for_a_running_training_job(trained, tmp_path, servers):
+    server = own_server(servers, trained, tmp_path, shutdown_timeout=2.0)
+    form = aiohttp.FormData()
+    form.add_field("data", trained.data.read_bytes(), filename="prices.csv",
+                   content_type="text/csv")
+    for name, value in {"strat": "huge", "model": "RandomForest", "type": "class",
+                        "target": "direction", "window": "2",
+                        "params": '{"n_estimators": 20000}'}.items():
+        form.add_field(name, value)
+    base = f"http://127.0.0.1:{server.port}/api"
+    headers = {"Authorization": f"Bearer {trained.key}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(f"{base}/models", data=form) as response:
+            job = await response.json()
+        for _ in range(300):  # until its worker is fitting
+            async with session.get(f"{base}/jobs/{job['id']}") as response:
+                job = await response.json()
+            if job["state"] == "running" and job["progress"] > 0.1:
+                break
+            await asyncio.sleep(0.1)
+        assert job["state"] == "running", job
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    assert time.monotonic() - started < 2.0 + 5.0  # the drain, not the 20,000 trees

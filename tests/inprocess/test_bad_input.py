@@ -185,6 +185,15 @@ async def test_a_frame_over_the_maximum_size_is_recorded_as_message_too_big(
     assert [(row.close_code, row.close_reason) for row in rows] == [(1009, "message too big")]
 
 
+async def test_a_frame_of_exactly_the_maximum_size_is_answered(client, prepared):
+    ws = await authed(client, prepared.key)
+    frame = request(padding="")
+    frame = request(padding="x" * (65536 - len(frame.encode())))
+    assert len(frame.encode()) == 65536
+    answer = await ask(ws, frame)
+    assert (answer["type"], answer["seq_num"], answer["message"]) == ("success", 1, NEW)
+
+
 async def test_a_frame_just_under_the_maximum_is_answered(client, prepared):
     ws = await authed(client, prepared.key)
     frame = request(padding="x" * 65_000)

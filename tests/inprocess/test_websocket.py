@@ -128,3 +128,31 @@ async def test_shutdown_closes_live_connections_with_1001(client, prepared):
     await client.server.close()
     closing = await ws.receive(timeout=5)
     assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+
+
+UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable, try again later."}
+
+
+@pytest.mark.parametrize("store,method", [("billing", "charge"), ("key_store", "authenticate"),
+                                          ("registry", "add")])
+async def test_a_failing_store_refuses_with_1013_uncharged_and_recovers(
+    client, prepared, services, monkeypatch, store, method
+):
+    from nember_core.app.server import GATEWAY
+
+    stores = client.server.app[GATEWAY].stores
+    owner = await services.accounts.by_email("other@example.com")
+    before = (await services.usage.report(owner.id)).connections
+
+    async def down(*args, **kwargs):
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(getattr(stores, store), method, down)
+    assert await _refused(client, prepared.other_key) == (UNAVAILABLE, 1013)
+    headers = {"Authorization": f"Bearer {prepared.other_key}"}
+    monkeypatch.undo()  # the store is back: the next connection is served at once
+    listed = await (await client.get("/api/connections", headers=headers)).json()
+    assert listed["items"] == []  # the refused one is not listed live
+    assert (await services.usage.report(owner.id)).connections == before  # nor charged
+    ws = await authed(client, prepared.other_key)
+    assert (await ask(ws, request()))["message"] == NOT_FOUND  # served (this account has none)

@@ -87,9 +87,8 @@ async def test_an_instance_forgotten_during_a_stall_registers_again(tmp_path):
     a, b = await _pair(tmp_path)
     try:
         assert await _add(a, Conn("c1"), 5)
-        async with b._lock:  # what b does once a has been silent too long
-            await b._forget("instance = ?", (a._instance,))
-            await b._db.commit()
+        async with b._db.transaction() as db:  # what b does once a has been silent too long
+            await b._forget(db, "instance = ?", (a._instance,))
         assert await b.list("acct_1") == []
         await asyncio.sleep(HEARTBEAT * 3)  # a's next heartbeat notices
         assert [c.id for c in await b.list("acct_1")] == ["c1"]

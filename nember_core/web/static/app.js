@@ -116,7 +116,7 @@ async function showKeys() {
   const nav = state.nav;
   const [keys, usage] = await Promise.all([api("GET", "/api/keys"), api("GET", "/api/usage")]);
   if (stale(nav)) return;
-  const lastUsed = {};
+  const lastUsed = Object.create(null);  // no inherited keys: ids are users' strings
   for (const row of usage.items) {
     if (!lastUsed[row.key_id] || row.opened_at > lastUsed[row.key_id]) lastUsed[row.key_id] = row.opened_at;
   }
@@ -199,8 +199,11 @@ async function showModels() {
   const nav = state.nav;
   const [models, families] = await Promise.all([api("GET", "/api/models"), api("GET", "/api/families")]);
   if (stale(nav)) return;
-  const byStrat = {};
-  for (const m of models.items) (byStrat[m.strat] ||= []).push(m);
+  const byStrat = new Map();  // a strategy may be named "toString" or "__proto__"
+  for (const m of models.items) {
+    if (!byStrat.has(m.strat)) byStrat.set(m.strat, []);
+    byStrat.get(m.strat).push(m);
+  }
   main.innerHTML = html`
     <h1>Models</h1>
     <p class="lead">Train a model from your time-ordered data; bots then ask for it by strategy, family and type.</p>
@@ -228,8 +231,8 @@ async function showModels() {
     </section>
     <section class="card" aria-labelledby="models-title">
       <h2 id="models-title">Your models</h2>
-      ${Object.keys(byStrat).length ? "" : raw('<p class="muted">No models yet: train one above.</p>')}
-      ${Object.entries(byStrat).map(([strat, list]) => raw(html`
+      ${byStrat.size ? "" : raw('<p class="muted">No models yet: train one above.</p>')}
+      ${[...byStrat].map(([strat, list]) => raw(html`
         <h3>Strategy <code>${strat}</code></h3>
         <div class="table-wrap"><table>
           <thead><tr><th>Family</th><th>Type</th><th>Version</th><th>Hold-out</th><th>Features × window</th><th>Trained</th><th></th></tr></thead>

@@ -1,0 +1,87 @@
+"""The SQLite stores under concurrency: each charge is its own atomic unit."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from nember_sqlite.billing import SqliteBillingLedger
+from nember_sqlite.key_store import SqliteKeyStore
+
+from nember_core.errors import AlreadyExists
+from nember_core.records import ConnectionUsage, utcnow
+
+
+def _usage(connection_id: str) -> ConnectionUsage:
+    return ConnectionUsage(connection_id=connection_id, account_id="acct_1", key_id="key_1",
+                           remote="127.0.0.1", opened_at=utcnow())
+
+
+async def test_a_failing_charge_never_takes_another_connections_charge_with_it(tmp_path):
+    ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    try:
+        await ledger.charge(_usage("taken"), Decimal("0.01"), "USD")
+        # Fresh charges interleaved with ones that fail (already charged) and roll back.
+        calls = []
+        for i in range(60):
+            calls.append(ledger.charge(_usage(f"c{i}"), Decimal("0.01"), "USD"))
+            calls.append(ledger.charge(_usage("taken"), Decimal("0.01"), "USD"))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        assert len(failed) == 60 and all(isinstance(r, AlreadyExists) for r in failed)
+    finally:
+        await ledger.close()
+    reopened = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")  # what is durable
+    try:
+        charged = {c.connection_id for c in await reopened.charges("acct_1")}
+        with_usage = {u.connection_id for u in await reopened.usage("acct_1")}
+    finally:
+        await reopened.close()
+    assert charged == with_usage == {"taken", *(f"c{i}" for i in range(60))}
+
+
+async def test_a_cancelled_charge_leaves_nothing_half_done(tmp_path):
+    ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    try:
+        for i in range(20):  # cancelled at different points of its transaction
+            charging = asyncio.create_task(ledger.charge(_usage(f"x{i}"), Decimal(1), "USD"))
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            charging.cancel()
+            await asyncio.gather(charging, return_exceptions=True)
+            await ledger.charge(_usage(f"ok{i}"), Decimal(1), "USD")
+        charged = {c.connection_id for c in await ledger.charges("acct_1")}
+        with_usage = {u.connection_id for u in await ledger.usage("acct_1")}
+    finally:
+        await ledger.close()
+    assert charged == with_usage  # a charge is there with its usage row, or not at all
+    assert {f"ok{i}" for i in range(20)} <= charged
+
+
+async def test_a_taken_email_never_undoes_another_accounts_creation(tmp_path):
+    store = await SqliteKeyStore.open(tmp_path / "keys.sqlite3")
+    try:
+        await store.create_account("taken@example.com", "password-1")
+        results = await asyncio.gather(*(
+            store.create_account(email, "password-1")
+            for i in range(10) for email in (f"new{i}@example.com", "taken@example.com")
+        ), return_exceptions=True)
+        assert sum(isinstance(r, AlreadyExists) for r in results) == 10
+        for i in range(10):
+            assert await store.account_by_email(f"new{i}@example.com") is not None
+    finally:
+        await store.close()
+
+
+async def test_reads_and_writes_interleave_without_errors(tmp_path):
+    store = await SqliteKeyStore.open(tmp_path / "keys.sqlite3")
+    try:
+        account = await store.create_account("a@example.com", "password-1")
+        keys = await asyncio.gather(*(store.create_key(account.id, f"k{i}") for i in range(20)))
+        revoked, kept = keys[:5], keys[5:]
+        results = await asyncio.gather(*(store.revoke_key(k.key.id) for k in revoked),
+                                       *(store.authenticate(k.secret) for k in kept))
+        assert [r.id for r in results[5:]] == [k.key.id for k in kept]
+        assert await store.revoked_among(k.key.id for k in keys) == {k.key.id for k in revoked}
+    finally:
+        await store.close()
