@@ -91,8 +91,8 @@ class DashboardConfig:
     enabled: bool = setting(True, "serve the web dashboard at / (the REST API is always on)")
     allow_signup: bool = setting(False, "may visitors create their own accounts?")
     session_hours: float = setting(24.0, "how long a login lasts")
-    login_attempts_per_minute: int = setting(10, "failed logins per email and per address, "
-                                                 "then 429")
+    login_attempts_per_minute: int = setting(
+        10, "failed logins a minute per email (10 times that per address), then 429")
 
 
 @attrs.frozen

@@ -59,15 +59,15 @@ async def _start_session(request: web.Request, account, status: int = 200) -> we
 async def login(request: web.Request) -> web.Response:
     given = await _credentials(request)
     limiter = request.app[LIMITER]
-    who = (f"email:{given.email.lower()}", f"addr:{request.remote}")
-    if limiter.blocked(*who):
+    address = request.remote or ""
+    stamp = limiter.attempt(given.email, address)
+    if stamp is None:
         raise ApiError(429, "Too many failed logins; wait a minute and try again.")
     account = await services(request).accounts.log_in(given.email, given.password)
     if account is None:
-        limiter.failed(*who)
         log.info("login.failed", remote=request.remote)
         raise ApiError(401, "Wrong email or password.")
-    limiter.succeeded(who[0])  # the address keeps its failures: they may be a spray
+    limiter.succeeded(given.email, address, stamp)
     log.info("login", account_id=account.id, remote=request.remote)
     return await _start_session(request, account)
 

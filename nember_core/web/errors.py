@@ -52,7 +52,10 @@ async def error_middleware(request: web.Request, handler):
             405: f"Method {request.method} is not allowed here.",
             413: "The request body is too large.",
         }.get(exc.status_code, exc.reason)
-        return error(exc.status_code, message)
+        response = error(exc.status_code, message)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # which methods are, as HTTP says
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except NemberError as exc:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
         return error(status, sentence(str(exc)))

@@ -140,8 +140,11 @@ PATHS = {
         "summary": "Charges and counts per connection and per day, with totals",
         "parameters": [{"name": "format", "in": "query", "required": False,
                         "schema": {"enum": ["json", "csv"]}}],
-        "responses": {"200": _json(_ref("Usage"), "Usage (text/csv with format=csv)"),
-                      **_errors()}}},
+        "responses": {"200": {
+            "description": "Usage as JSON; with format=csv, one row per connection as CSV",
+            "content": {"application/json": {"schema": _ref("Usage")},
+                        "text/csv": {"schema": {"type": "string"}}}},
+            **_errors(400)}}},
 }
 
 DOCUMENT = {

@@ -40,8 +40,18 @@ def clear_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(COOKIE, path="/")
 
 
+ADDRESS_FACTOR = 10  # an address may fail this many times an email's limit
+
+
 class LoginLimiter:
-    """At most ``limit`` failed logins per minute for each email and each remote address."""
+    """At most ``limit`` failed logins a minute for an email, and ten times that from one
+    address: enough to stop a guesser or a spray, without one user's typos locking out every
+    account behind the same address.
+
+    An attempt counts as failed from the moment it starts (``attempt``) until it succeeds:
+    checking a password takes a while, and attempts made meanwhile must see it counted, or
+    hundreds sent at once would all be checked.
+    """
 
     def __init__(self, limit: int, window: float = 60.0):
         self.limit = limit
@@ -55,16 +65,21 @@ class LoginLimiter:
             stamps.popleft()
         return stamps
 
-    def blocked(self, *who: str) -> bool:
-        return any(len(self._recent(w)) >= self.limit for w in who)
-
-    def failed(self, *who: str) -> None:
-        now = time.monotonic()
-        for w in who:
-            self._recent(w).append(now)
+    def attempt(self, email: str, address: str) -> float | None:
+        """Count an attempt; its stamp for ``succeeded``, or ``None``: refuse it (429)."""
+        if (len(self._recent(f"email:{email.lower()}")) >= self.limit
+                or len(self._recent(f"addr:{address}")) >= self.limit * ADDRESS_FACTOR):
+            return None
+        stamp = time.monotonic()
+        self._recent(f"email:{email.lower()}").append(stamp)
+        self._recent(f"addr:{address}").append(stamp)
         if len(self._failures) > 100_000:  # bounded memory under a spray of emails
             self._failures = {k: v for k, v in self._failures.items() if v}
+        return stamp
 
-    def succeeded(self, *who: str) -> None:
-        for w in who:
-            self._failures.pop(w, None)
+    def succeeded(self, email: str, address: str, stamp: float) -> None:
+        """That attempt was no failure (the others stay counted)."""
+        for who in (f"email:{email.lower()}", f"addr:{address}"):
+            stamps = self._failures.get(who)
+            if stamps is not None and stamp in stamps:
+                stamps.remove(stamp)

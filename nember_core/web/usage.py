@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .auth import caller
 from .context import iso, services
+from .errors import ApiError
 
 CSV_COLUMNS = ("connection_id", "key_id", "remote", "opened_at", "closed_at", "close_code",
                "close_reason", "predictions", "errors", "amount", "currency")
@@ -17,11 +18,14 @@ CSV_COLUMNS = ("connection_id", "key_id", "remote", "opened_at", "closed_at", "c
 
 async def usage(request: web.Request) -> web.Response:
     me = await caller(request)
+    form = request.query.get("format", "json")
+    if form not in ("json", "csv"):
+        raise ApiError(400, "'format' must be 'json' or 'csv'.")
     report = await services(request).usage.report(me.account_id)
     rows = [{**attrs.asdict(row), "opened_at": iso(row.opened_at),
              "closed_at": iso(row.closed_at), "amount": str(row.amount)}
             for row in report.rows]
-    if request.query.get("format") == "csv":
+    if form == "csv":
         return _csv(rows)
     return web.json_response({
         "currency": report.currency,

@@ -159,6 +159,14 @@ async def test_unknown_route_and_method_are_json_errors(api):
     assert await api.call("PUT", "/keys") == (405, {"error": "Method PUT is not allowed here."})
     assert await api.call("PATCH", "/models/x") == (
         405, {"error": "Method PATCH is not allowed here."})
+    async with api.client.put("/api/keys", headers={"Authorization": f"Bearer {api.key}"}) as r:
+        assert set(r.headers["Allow"].split(", ")) == {"GET", "POST", "HEAD"}
+
+
+async def test_usage_format_must_be_json_or_csv(api):
+    assert await api.call("GET", "/usage", params={"format": "xml"}) == (
+        400, {"error": "'format' must be 'json' or 'csv'."})
+    assert (await api.call("GET", "/usage", params={"format": "json"}))[0] == 200
 
 
 async def test_openapi_document_matches_the_real_routes(client):
