@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import pluggy
+import structlog
 
 from nember_core.config import Config, load_config
+from nember_core.errors import NemberError
 from nember_core.plugin_api import ModelFamily, PluginContext, Provider
 from nember_core.plugins import collect_families, collect_providers, plugin_manager
 from nember_core.services import Services
 from nember_core.stores import Stores
+
+log = structlog.get_logger("nember")
 
 
 @attrs.define
@@ -34,13 +39,29 @@ class Nember:
         config = load_config(config_file, providers)
         return cls(pm=pm, config=config, providers=providers, families=collect_families(pm))
 
+    def prepare_data_dir(self) -> None:
+        """Create ``data_dir`` for this user only (it holds password hashes, the ledger and
+        tenants' uploads), or say in one line why it can't be written."""
+        data_dir = self.config.data_dir
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if data_dir.stat().st_mode & 0o077:
+                data_dir.chmod(0o700)
+                log.warning("data_dir.permissions_tightened", path=str(data_dir))
+            probe = data_dir / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise NemberError(f"{data_dir}: the data folder can't be written: "
+                              f"{exc.strerror or exc}") from None
+
     def provider(self, role: str) -> Provider:
         """The provider the config picked for ``role``."""
         return self.providers[role][self.config.section(role).plugin]
 
     async def open(self) -> Stores:
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_data_dir()
         context = PluginContext(
             data_dir=config.data_dir, node=config.server.node or socket.gethostname()
         )

@@ -144,6 +144,7 @@ def serve(
     host = host or server.host
     port = server.port if port is None else port
     context = ssl_context(nember)
+    nember.prepare_data_dir()  # its errors are not "cannot listen"
     _raise_open_files_limit()
     scheme = "wss" if context else "ws"
     url = f"{scheme}://{host}:{port}{WS_PATH}"

@@ -483,3 +483,21 @@ def test_config_errors_reach_the_cli_as_one_line(nember, tmp_path, monkeypatch):
     monkeypatch.setenv("NEMBER_CONFIG", str(bad))  # no --config: the variable's file
     line = one_error_line(nember("keys", "list", "--account", EMAIL, config=None))
     assert line.startswith(f"nember: error: {bad}: server.port: ")
+
+
+def test_the_data_folder_is_for_its_owner_only(nember, workspace):
+    data_dir = workspace.parent / "data"
+    assert data_dir.is_dir() and data_dir.stat().st_mode & 0o777 == 0o700
+    data_dir.chmod(0o755)  # as an older version left it: tightened on the next command
+    assert nember("keys", "list", "--account", EMAIL)[0] == 0
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_data_folder_that_cannot_be_written_is_one_line_not_a_listen_error(nember, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = write_config(tmp_path, data_dir=blocker / "data")  # inside a file: never a folder
+    for command in (("serve",), ("keys", "list", "--account", EMAIL)):
+        line = one_error_line(nember(*command, config=config))
+        assert line.startswith(f"nember: error: {blocker / 'data'}: the data folder can't be "
+                               "written: ")
