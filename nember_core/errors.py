@@ -17,6 +17,10 @@ class AlreadyExists(NemberError):
     pass
 
 
+class Forbidden(NemberError):
+    """Allowed to others, not to this caller (an API key's scope)."""
+
+
 class InvalidData(NemberError):
     """Training data or parameters that cannot make a model."""
 

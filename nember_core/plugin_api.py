@@ -104,7 +104,8 @@ class KeyStore(Protocol):
 
     async def check_password(self, email: str, password: str) -> Account | None: ...
 
-    async def create_key(self, account_id: str, name: str) -> NewApiKey: ...
+    async def create_key(self, account_id: str, name: str, scope: str) -> NewApiKey:
+        """A new key with this scope (``predict``, ``read`` or ``manage``), already checked."""
 
     async def list_keys(self, account_id: str) -> list[ApiKey]: ...
 

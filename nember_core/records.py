@@ -31,6 +31,7 @@ class ApiKey:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None = None
+    scope: str = "predict"  # predict, read or manage (nember_core.rules.SCOPES)
 
     @property
     def active(self) -> bool:

@@ -13,6 +13,9 @@ from typing import Any
 from .errors import InvalidData
 
 MODEL_TYPES = ("class", "reg")
+# What an API key may do, each including the ones before it (PROTOCOL.md §3): open /ws; and
+# the REST API's GET routes; and every REST route.
+SCOPES = ("predict", "read", "manage")
 MAX_NAME = 200  # characters in a strategy, key or model name
 MAX_WINDOW = 1000  # data points per sample
 MAX_FEATURES = 1000
@@ -51,3 +54,14 @@ def password(value: str) -> str:
     if len(value) < MIN_PASSWORD:
         raise InvalidData(f"the password must have at least {MIN_PASSWORD} characters")
     return value
+
+
+def scope(value: Any) -> str:
+    if value not in SCOPES or not isinstance(value, str):
+        raise InvalidData(f"the scope must be one of {', '.join(SCOPES)}, not {value!r}")
+    return value
+
+
+def scope_allows(held: str, needed: str) -> bool:
+    """Does a key of scope ``held`` have the rights of ``needed``?"""
+    return SCOPES.index(held) >= SCOPES.index(needed)

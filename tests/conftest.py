@@ -65,7 +65,8 @@ def workspace(tmp_path_factory):
     folder = tmp_path_factory.mktemp("nember")
     config = write_config(folder)
     run_cli(config, "accounts", "create", "trader@example.com")
-    key = run_cli(config, "keys", "create", "--account", "trader@example.com").stdout
+    key = run_cli(config, "keys", "create", "--account", "trader@example.com",
+                  "--scope", "manage").stdout
     data = write_prices(folder / "prices.csv")
     return Workspace(folder, config, key.strip().splitlines()[-1], data)
 

@@ -208,8 +208,8 @@ class Workspace:
     def data_dir(self) -> Path:
         return self.folder / "data"
 
-    def new_key(self, name: str = "extra") -> str:
+    def new_key(self, name: str = "extra", scope: str = "predict") -> str:
         out = run_cli(self.config, "keys", "create", "--account", "trader@example.com",
-                      "--name", name).stdout
+                      "--name", name, "--scope", scope).stdout
         return out.strip().splitlines()[-1]
 

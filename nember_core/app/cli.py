@@ -12,6 +12,7 @@ from typing import Any
 
 from nember_core import __version__
 from nember_core.errors import NemberError
+from nember_core.rules import SCOPES
 from nember_core.services import Services, TrainingRequest
 
 from .logs import configure
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     key_create = keys_sub.add_parser("create", parents=[common], help="create an API key")
     key_create.add_argument("--account", required=True, metavar="EMAIL")
     key_create.add_argument("--name", default="default", help="a name to recognise the key by")
+    key_create.add_argument(
+        "--scope", choices=SCOPES, default="predict",
+        help="predict: /ws only (a bot's); read: also the REST API's GET routes; manage: all",
+    )
     key_list = keys_sub.add_parser("list", parents=[common], help="list an account's keys")
     key_list.add_argument("--account", required=True, metavar="EMAIL")
     key_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
@@ -144,8 +149,9 @@ async def _accounts_create(services: Services, args) -> int:
 
 async def _keys_create(services: Services, args) -> int:
     owner = await services.accounts.by_email(args.account)
-    new = await services.keys.create(owner.id, args.name)
-    print(f"Created API key {new.key.id} ({new.key.name!r}); it is shown only this once:")
+    new = await services.keys.create(owner.id, args.name, args.scope)
+    print(f"Created API key {new.key.id} ({new.key.name!r}, scope {new.key.scope}); it is "
+          "shown only this once:")
     print(new.secret)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from nember_core import credentials, rules
-from nember_core.errors import NotFound
+from nember_core.errors import Forbidden, NotFound
 from nember_core.records import ApiKey, NewApiKey
 from nember_core.serving.protocol import KEY_REVOKED
 from nember_core.stores import Stores
@@ -21,8 +21,14 @@ class Keys:
     def __init__(self, stores: Stores):
         self._stores = stores
 
-    async def create(self, account_id: str, name: str) -> NewApiKey:
-        return await self._stores.key_store.create_key(account_id, rules.name(name, "a key name"))
+    async def create(self, account_id: str, name: str, scope: str = "predict",
+                     granted: str = "manage") -> NewApiKey:
+        """A new key of ``scope``; never more than the caller's own (``granted``): a leaked
+        key can't mint a stronger one."""
+        name, scope = rules.name(name, "a key name"), rules.scope(scope)
+        if not rules.scope_allows(granted, scope):
+            raise Forbidden(f"a key of scope {granted!r} can't create a key of scope {scope!r}")
+        return await self._stores.key_store.create_key(account_id, name, scope)
 
     async def list(self, account_id: str) -> list[KeyListing]:
         live: dict[str, int] = {}

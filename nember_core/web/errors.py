@@ -9,11 +9,11 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from nember_core.errors import AlreadyExists, InvalidData, NemberError, NotFound
+from nember_core.errors import AlreadyExists, Forbidden, InvalidData, NemberError, NotFound
 
 log = structlog.get_logger("nember.api")
 
-STATUS = {NotFound: 404, AlreadyExists: 409, InvalidData: 422}
+STATUS = {NotFound: 404, AlreadyExists: 409, InvalidData: 422, Forbidden: 403}
 
 
 class ApiError(Exception):

@@ -15,6 +15,7 @@ def describe(key: ApiKey, live: int) -> dict:
         "id": key.id,
         "name": key.name,
         "prefix": key.prefix,
+        "scope": key.scope,
         "created_at": iso(key.created_at),
         "revoked_at": iso(key.revoked_at),
         "live_connections": live,
@@ -30,7 +31,9 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     me = await caller(request)
     body = await read_json(request)
-    new = await services(request).keys.create(me.account_id, body.get("name", "default"))
+    new = await services(request).keys.create(
+        me.account_id, body.get("name", "default"), body.get("scope", "predict"), me.scope
+    )
     return web.json_response({**describe(new.key, 0), "key": new.secret}, status=201)
 
 

@@ -29,7 +29,12 @@ ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "s
 
 
 def _errors(*codes: int) -> dict:
-    return {str(code): ERROR for code in (401, *codes)}
+    """Every route may answer 401 (who are you?) and 403 (a key's scope allows less)."""
+    return {str(code): ERROR for code in (401, 403, *codes)}
+
+
+SCOPE = {"enum": ["predict", "read", "manage"],
+         "description": "predict: /ws only; read: and the GET routes; manage: every route"}
 
 
 SCHEMAS = {
@@ -37,7 +42,8 @@ SCHEMAS = {
               "properties": {"error": {"type": "string"}}},
     "Key": {"type": "object", "properties": {
         "id": {"type": "string"}, "name": {"type": "string"}, "prefix": {"type": "string"},
-        "created_at": TIME, "revoked_at": TIME, "live_connections": {"type": "integer"}}},
+        "scope": SCOPE, "created_at": TIME, "revoked_at": TIME,
+        "live_connections": {"type": "integer"}}},
     "NewKey": {"allOf": [_ref("Key"), {"type": "object", "required": ["key"], "properties": {
         "key": {"type": "string", "description": "The full API key, shown only this once."}}}]},
     "Model": {"type": "object", "properties": {
@@ -91,7 +97,10 @@ PATHS = {
                 "responses": {"200": _json(_list_of("Key"), "Keys"), **_errors()}},
         "post": {"summary": "Create an API key",
                  "requestBody": {"content": {"application/json": {"schema": {
-                     "type": "object", "properties": {"name": {"type": "string"}}}}}},
+                     "type": "object", "properties": {
+                         "name": {"type": "string"},
+                         "scope": {**SCOPE, "default": "predict",
+                                   "description": "At most the caller's own scope"}}}}}},
                  "responses": {"201": _json(_ref("NewKey"), "The new key, shown once"),
                                **_errors(400, 422)}}},
     "/api/keys/{id}": {"delete": {

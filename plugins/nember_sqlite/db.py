@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import fcntl
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -16,8 +16,10 @@ import aiosqlite
 BUSY_TIMEOUT_SECONDS = 30
 
 
-async def connect(path: Path, schema: str, durable: bool = True) -> aiosqlite.Connection:
-    """Open ``path`` (created with ``schema`` if new) in WAL mode.
+async def connect(path: Path, schema: str, durable: bool = True,
+                  migrations: Sequence[str] = ()) -> aiosqlite.Connection:
+    """Open ``path`` (created with ``schema`` if new, then upgraded by ``migrations``) in WAL
+    mode.
 
     WAL lets readers and one writer from other processes work at once. ``durable``
     (synchronous=FULL) makes a commit survive power loss, which billing's "durable before
@@ -25,7 +27,7 @@ async def connect(path: Path, schema: str, durable: bool = True) -> aiosqlite.Co
     live to keep.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(_initialize, path, schema)
+    await asyncio.to_thread(_initialize, path, schema, migrations)
     db = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
     try:
         await db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
@@ -37,15 +39,23 @@ async def connect(path: Path, schema: str, durable: bool = True) -> aiosqlite.Co
     return db
 
 
-def _initialize(path: Path, schema: str) -> None:
-    """WAL mode and the schema, one process at a time: a new file starts in rollback-journal
-    mode, where two processes setting it up at once can deadlock (SQLite then fails one of
-    them at once, whatever the busy timeout)."""
+def _initialize(path: Path, schema: str, migrations: Sequence[str]) -> None:
+    """WAL mode, the schema and its migrations, one process at a time: a new file starts in
+    rollback-journal mode, where two processes setting it up at once can deadlock (SQLite
+    then fails one of them at once, whatever the busy timeout).
+
+    ``schema`` is the first version's; migration N (from 1) takes a file from version N-1 to
+    N, each in one transaction with its number (SQLite's ``user_version``), so a file of any
+    version, new or old, ends at the newest."""
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(schema)
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            for number, script in enumerate(migrations, start=1):
+                if number > version:
+                    db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
             db.commit()
 
 
@@ -66,8 +76,9 @@ class Database:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, schema: str, durable: bool = True) -> Database:
-        return cls(await connect(path, schema, durable))
+    async def open(cls, path: Path, schema: str, durable: bool = True,
+                   migrations: Sequence[str] = ()) -> Database:
+        return cls(await connect(path, schema, durable, migrations))
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -52,7 +52,12 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 """
 
-_KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at"
+MIGRATIONS = [
+    # 1: key scopes. Keys made before them keep every right they had.
+    "ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'manage'",
+]
+
+_KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at, scope"
 
 
 def _time(text: str | None) -> datetime | None:
@@ -67,6 +72,7 @@ def _key(row) -> ApiKey:
         prefix=row[3],
         created_at=_time(row[4]),
         revoked_at=_time(row[5]),
+        scope=row[6],
     )
 
 
@@ -76,7 +82,7 @@ class SqliteKeyStore:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteKeyStore:
-        return cls(await Database.open(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA, migrations=MIGRATIONS))
 
     async def close(self) -> None:
         await self._db.close()
@@ -114,7 +120,7 @@ class SqliteKeyStore:
         ok = await asyncio.to_thread(check_password, password, row[3])
         return Account(row[0], row[1], _time(row[2])) if ok else None
 
-    async def create_key(self, account_id: str, name: str) -> NewApiKey:
+    async def create_key(self, account_id: str, name: str, scope: str) -> NewApiKey:
         secret = new_api_key()
         key = ApiKey(
             id=new_id("key"),
@@ -122,13 +128,14 @@ class SqliteKeyStore:
             name=name,
             prefix=secret[:VISIBLE_PREFIX_LENGTH],
             created_at=utcnow(),
+            scope=scope,
         )
         async with self._db.transaction() as db:
             await db.execute(
-                "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, "
+                "scope) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key.id, account_id, name, key.prefix, key_hash(secret),
-                 key.created_at.isoformat()),
+                 key.created_at.isoformat(), scope),
             )
         return NewApiKey(key=key, secret=secret)
 

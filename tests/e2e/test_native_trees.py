@@ -105,8 +105,8 @@ def _compiling_workspace(folder) -> Workspace:
     """An account, its key and price data, for a server that compiles trees."""
     config = write_config(folder, server={"compile_trees": True})
     run_cli(config, "accounts", "create", "trader@example.com")
-    key = run_cli(config, "keys", "create", "--account",
-                  "trader@example.com").stdout.strip().splitlines()[-1]
+    key = run_cli(config, "keys", "create", "--account", "trader@example.com",
+                  "--scope", "manage").stdout.strip().splitlines()[-1]
     return Workspace(folder, config, key, write_prices(folder / "prices.csv"))
 
 

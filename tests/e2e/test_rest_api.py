@@ -22,7 +22,8 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 def api(trained, module_servers):
     """The trained workspace's server, plus a second account (the 'other' tenant)."""
     run_cli(trained.config, "accounts", "create", "other@example.com")
-    other = run_cli(trained.config, "keys", "create", "--account", "other@example.com")
+    other = run_cli(trained.config, "keys", "create", "--account", "other@example.com",
+                    "--scope", "manage")
     return Api(module_servers(trained.config), trained, other.stdout.strip().splitlines()[-1])
 
 
@@ -88,7 +89,7 @@ async def test_every_route_needs_a_valid_key(api, headers):
 
 
 async def test_a_revoked_key_cannot_call_the_api(api):
-    key = api.workspace.new_key("api-revoked")
+    key = api.workspace.new_key("api-revoked", scope="read")
     assert (await api.call("GET", "/keys", key))[0] == 200
     run_cli(api.workspace.config, "keys", "revoke", key)
     assert await api.call("GET", "/keys", key) == (401, {"error": "Invalid API key."})

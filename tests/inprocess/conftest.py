@@ -39,9 +39,9 @@ async def _prepare(config: Path, data: Path) -> tuple[str, str]:
     nember = Nember.load(str(config))
     async with nember.services() as services:
         account = await services.accounts.create(EMAIL, PASSWORD)
-        key = await services.keys.create(account.id, "default")
+        key = await services.keys.create(account.id, "default", "manage")
         other = await services.accounts.create(OTHER_EMAIL, PASSWORD)
-        other_key = await services.keys.create(other.id, "default")
+        other_key = await services.keys.create(other.id, "default", "manage")
         for model_type, target in (("class", "direction"), ("reg", "move")):
             await services.models.train(account.id, TrainingRequest(
                 strat="example_strategy", family="DecisionTree", model_type=model_type,

@@ -351,8 +351,8 @@ def test_keys_create_list_and_revoke(nember):
     code, out, err = nember("keys", "create", "--account", EMAIL, "--name", "bot-7")
     assert (code, err) == (0, "")
     first, key = out.strip().splitlines()
-    match = re.fullmatch(r"Created API key (key_[0-9a-f]+) \('bot-7'\); it is shown only this "
-                         r"once:", first)
+    match = re.fullmatch(r"Created API key (key_[0-9a-f]+) \('bot-7', scope predict\); it is "
+                         r"shown only this once:", first)
     assert match, first
     key_id = match.group(1)
     assert key.startswith("nmb_") and " " not in key and len(key) >= 40

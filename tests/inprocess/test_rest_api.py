@@ -27,7 +27,7 @@ from .conftest import ask, authed
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 NOT_FOUND = "Model configuration not found in the backend."
 NO_HEADER = "Authenticate with the header 'Authorization: Bearer <API key>'."
-KEY_FIELDS = {"id", "name", "prefix", "created_at", "revoked_at", "live_connections"}
+KEY_FIELDS = {"id", "name", "prefix", "scope", "created_at", "revoked_at", "live_connections"}
 MODEL_FIELDS = {"id", "model_id", "strat", "model", "type", "version", "latest", "features",
                 "window", "target", "classes", "params", "metrics", "samples", "family_version",
                 "trained_at", "training_seconds", "request_example"}
@@ -148,7 +148,7 @@ async def test_every_route_needs_a_valid_key(client, headers, message):
 
 async def test_a_revoked_key_cannot_call_the_api(api, services):
     owner = await services.accounts.by_email("trader@example.com")
-    doomed = await services.keys.create(owner.id, "api-revoked")
+    doomed = await services.keys.create(owner.id, "api-revoked", "read")
     assert (await api.call("GET", "/keys", doomed.secret))[0] == 200
     await services.keys.revoke(doomed.key.id)  # as the CLI does
     assert await api.call("GET", "/keys", doomed.secret) == (401, {"error": "Invalid API key."})
@@ -190,9 +190,10 @@ async def test_openapi_document_matches_the_real_routes(client):
 
 async def test_keys_create_list_revoke(api):
     before = await api.items("/keys")
-    status, new = await api.call("POST", "/keys", json={"name": "  from-api  "})
+    status, new = await api.call("POST", "/keys", json={"name": "  from-api  ",
+                                                         "scope": "read"})
     assert status == 201
-    assert set(new) == KEY_FIELDS | {"key"}
+    assert set(new) == KEY_FIELDS | {"key"} and new["scope"] == "read"
     assert new["key"].startswith("nmb_") and new["key"].startswith(new["prefix"])
     assert new["id"].startswith("key_") and new["id"] not in {k["id"] for k in before}
     assert (new["name"], new["revoked_at"], new["live_connections"]) == ("from-api", None, 0)
@@ -271,7 +272,7 @@ async def test_revoking_an_unknown_key_is_404(api):
 
 async def test_the_api_revokes_by_id_not_by_the_key_itself(api, services):
     owner = await services.accounts.by_email("trader@example.com")
-    kept = await services.keys.create(owner.id, "by-secret")
+    kept = await services.keys.create(owner.id, "by-secret", "read")
     status, body = await api.call("DELETE", f"/keys/{kept.secret}")
     assert status == 404 and body["error"].startswith("No API key ")
     assert (await api.call("GET", "/keys", kept.secret))[0] == 200  # still valid

@@ -77,7 +77,8 @@ async def test_reads_and_writes_interleave_without_errors(tmp_path):
     store = await SqliteKeyStore.open(tmp_path / "keys.sqlite3")
     try:
         account = await store.create_account("a@example.com", "password-1")
-        keys = await asyncio.gather(*(store.create_key(account.id, f"k{i}") for i in range(20)))
+        keys = await asyncio.gather(*(store.create_key(account.id, f"k{i}", "predict")
+                                    for i in range(20)))
         revoked, kept = keys[:5], keys[5:]
         results = await asyncio.gather(*(store.revoke_key(k.key.id) for k in revoked),
                                        *(store.authenticate(k.secret) for k in kept))

@@ -128,6 +128,12 @@ async function showKeys() {
       <form class="inline" id="key-form">
         <div class="field"><label for="key-name">Name</label>
           <input id="key-name" name="name" placeholder="e.g. btc-bot-1" required maxlength="200"></div>
+        <div class="field"><label for="key-scope">Scope</label>
+          <select id="key-scope" name="scope">
+            <option value="predict" selected>predict: a bot's (/ws only)</option>
+            <option value="read">read: also the API's GET routes</option>
+            <option value="manage">manage: every API route</option>
+          </select></div>
         <button type="submit">Create key</button>
       </form>
       <div id="new-secret"></div>
@@ -135,10 +141,10 @@ async function showKeys() {
     <section class="card" aria-labelledby="key-list">
       <h2 id="key-list">Your keys</h2>
       <div class="table-wrap"><table>
-        <thead><tr><th>Name</th><th>Prefix</th><th>Created</th><th>Last used</th><th class="num">Live</th><th>Status</th><th></th></tr></thead>
+        <thead><tr><th>Name</th><th>Prefix</th><th>Scope</th><th>Created</th><th>Last used</th><th class="num">Live</th><th>Status</th><th></th></tr></thead>
         <tbody>${keys.items.map((k) => raw(html`
           <tr data-key="${k.id}">
-            <td>${k.name}</td><td><code>${k.prefix}…</code></td><td>${when(k.created_at)}</td>
+            <td>${k.name}</td><td><code>${k.prefix}…</code></td><td>${k.scope}</td><td>${when(k.created_at)}</td>
             <td>${when(lastUsed[k.id])}</td><td class="num">${k.live_connections}</td>
             <td>${k.revoked_at ? raw('<span class="tag bad">revoked</span>') : raw('<span class="tag ok">active</span>')}</td>
             <td>${k.revoked_at ? "" : raw(html`<button class="danger small" data-revoke="${k.id}" data-name="${k.name}">Revoke</button>`)}</td>
@@ -148,9 +154,9 @@ async function showKeys() {
     </section>`;
   document.getElementById("key-form").onsubmit = async (e) => {
     e.preventDefault();
-    const name = new FormData(e.target).get("name");
+    const form = new FormData(e.target);
     try {
-      const created = await api("POST", "/api/keys", { name });
+      const created = await api("POST", "/api/keys", { name: form.get("name"), scope: form.get("scope") });
       await showKeys();
       const box = document.getElementById("new-secret");
       box.innerHTML = html`
