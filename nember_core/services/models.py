@@ -13,7 +13,7 @@ from nember_core.errors import InvalidData, NemberError, NotFound
 from nember_core.plugin_api import ModelFamily
 from nember_core.records import ModelKey, ModelMeta, TrainingJob
 from nember_core.stores import Stores
-from nember_core.training.dataset import Dataset, read_csv
+from nember_core.training.dataset import check_header, read_csv, shown_as
 from nember_core.training.trainer import Progress, train
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ class Models:
             known = ", ".join(sorted(self.families))
             raise InvalidData(f"no installed model family {name!r} (installed: {known})") from None
 
-    async def _check(self, account_id: str, request: TrainingRequest) -> tuple[ModelKey, Dataset]:
-        """Every rule, and the CSV read once: a wrong column is an error now, not a failed job."""
+    def _key(self, account_id: str, request: TrainingRequest) -> ModelKey:
+        """Every rule a training request must meet, but the CSV's."""
         strat = rules.name(request.strat, "a strategy name")
         family = self.family(request.family)
         model_type = rules.model_type(request.model_type)
@@ -65,31 +65,34 @@ class Models:
             raise InvalidData("name at least one feature column")
         if not isinstance(request.params, dict):
             raise InvalidData("the hyperparameters must be a mapping of names to values")
-        try:
-            dataset = await asyncio.to_thread(read_csv, request.data, request.target,
-                                              request.features)
-        except InvalidData as exc:
-            if request.data_label is None:
-                raise
-            raise InvalidData(str(exc).replace(str(request.data), request.data_label)) from None
-        return ModelKey(account_id, strat, family.name, model_type), dataset
+        return ModelKey(account_id, strat, family.name, model_type)
 
     async def train(self, account_id: str, request: TrainingRequest,
                     progress: Progress | None = None) -> ModelMeta:
         """Train in this process (a thread) and store the new version."""
-        key, dataset = await self._check(account_id, request)
+        key = self._key(account_id, request)
+        with shown_as(request.data, request.data_label):
+            dataset = await asyncio.to_thread(read_csv, request.data, request.target,
+                                              request.features)
         trained = await asyncio.to_thread(train, self.families[key.family], dataset, key,
                                           request.window, request.params, progress)
         return await self._store.save(trained.meta, trained.artifact)
 
     async def submit(self, account_id: str, request: TrainingRequest,
                      cleanup: Path | None = None) -> TrainingJob:
-        """Train in a worker process; ``cleanup`` (an upload) is deleted when it ends."""
+        """Train in a worker process; ``cleanup`` (an upload) is deleted when it ends.
+
+        Only the CSV's header is read here (a wrong column is an error now, not a failed
+        job); the worker reads the rest, so a large upload never fills the server."""
         if self._jobs is None:
             raise NemberError("training jobs run only inside a server")
-        key, _dataset = await self._check(account_id, request)
+        key = self._key(account_id, request)
+        with shown_as(request.data, request.data_label):
+            await asyncio.to_thread(check_header, request.data, request.target,
+                                    request.features)
         spec = {"data": request.data, "target": request.target, "window": request.window,
-                "features": request.features, "params": request.params}
+                "features": request.features, "params": request.params,
+                "data_label": request.data_label}
         return await self._jobs.submit(spec, key, cleanup)
 
     async def job(self, account_id: str, job_id: str) -> TrainingJob:

@@ -44,6 +44,7 @@ class TrainingSpec:
     window: int
     features: list[str] | None
     params: dict[str, Any]
+    data_label: str | None = None  # how errors name the CSV
 
 
 _progress_queue: Any = None  # set in each worker process by _init_worker
@@ -58,14 +59,15 @@ def _train_in_worker(spec: TrainingSpec):
     """Runs in a worker process."""
     from nember_core.plugins import installed_families
 
-    from .dataset import read_csv
+    from .dataset import read_csv, shown_as
     from .trainer import train
 
     def progress(fraction: float, stage: str) -> None:
         _progress_queue.put((spec.job_id, fraction, stage))
 
     family = installed_families()[spec.key.family]
-    dataset = read_csv(spec.data, spec.target, spec.features)
+    with shown_as(spec.data, spec.data_label):
+        dataset = read_csv(spec.data, spec.target, spec.features)
     return train(family, dataset, spec.key, spec.window, spec.params, progress)
 
 

@@ -206,9 +206,19 @@ async def test_training_request_errors_are_422(api, fields, message):
     assert status == 422 and message in answer["error"]
 
 
-async def test_a_bad_csv_is_422_and_json_is_400(api):
+async def test_a_bad_csv_is_422_or_a_failed_job_and_json_is_400(api):
     status, answer = await api.call("POST", "/models", data=api.form(b"a,b\n1\n"))
-    assert status == 422 and "line 2 has 1 values" in answer["error"]
+    assert status == 422 and "The CSV: no column named 'direction'" in answer["error"]
+    # The header is all a server reads; the worker finds the rest.
+    status, job = await api.call("POST", "/models", data=api.form(
+        b"point1,point2,direction\n1,2,up\n3,4\n"))
+    assert status == 202
+    for _ in range(300):
+        status, job = await api.call("GET", f"/jobs/{job['id']}")
+        if job["state"] in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert job["state"] == "failed" and "line 3 has 2 values" in job["error"]
     status, answer = await api.call("POST", "/models", json={"strat": "x"})
     assert status == 400 and "multipart/form-data" in answer["error"]
 
