@@ -14,7 +14,7 @@ processes, never per message on the event loop, except the ``Predictor`` they bu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -51,7 +51,7 @@ __all__ = [
     "hookimpl", "Provider", "PluginContext",
     # the roles
     "KeyStore", "BillingLedger", "ModelStore", "ConnectionRegistry", "CloseConnection",
-    "JobBoard", "JOB_HEARTBEAT_SECONDS", "ModelFamily", "Predictor", "RowPredictor",
+    "JobBoard", "JOB_HEARTBEAT_SECONDS", "ModelFamily", "Param", "Predictor", "RowPredictor",
     "RowsPredictor",
     # records
     "Account", "ApiKey", "NewApiKey", "ModelKey", "ModelMeta", "Charge", "ConnectionUsage",
@@ -241,11 +241,32 @@ class Predictor:
     ensemble: TreeEnsemble | None = None
 
 
+@attrs.frozen
+class Param:
+    """A hyperparameter a family accepts, and the values it may take.
+
+    ``kinds``: the JSON/YAML types allowed (``int`` also admits nothing fractional, ``float``
+    admits integers too); ``minimum``/``maximum`` bound numbers; ``choices`` lists the strings
+    allowed (only strings are checked against it); ``nullable`` admits ``None``. The library
+    still checks what it checks; this is what a server lets through to it at all.
+    """
+
+    kinds: tuple[type, ...]
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+
+
 class ModelFamily(Protocol):
     """A kind of model (``DecisionTree``, ``XGBoost``...). Knows nothing of the server."""
 
     name: str  # as written in requests' ``model_name``
     library_version: str  # recorded in each model's metadata
+    # The hyperparameters a user may set, and their bounds: anything else is refused before
+    # training (a typo, a thread count that escapes the one-core worker, a parameter that
+    # reads a file of the server).
+    parameters: Mapping[str, Param]
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]

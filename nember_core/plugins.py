@@ -55,9 +55,17 @@ def collect_providers(pm: pluggy.PluginManager) -> dict[str, dict[str, Provider]
     return found
 
 
+FAMILY_MEMBERS = ("name", "library_version", "parameters", "fit", "dumps", "loads",
+                  "predictor", "predict")
+
+
 def collect_families(pm: pluggy.PluginManager) -> dict[str, ModelFamily]:
     families: dict[str, ModelFamily] = {}
     for family in _flatten(pm.hook.nember_model_families()):
+        missing = [member for member in FAMILY_MEMBERS if not hasattr(family, member)]
+        if missing:  # said at start-up, not at the first training or request
+            raise ConfigError(f"the model family {getattr(family, 'name', family)!r} lacks "
+                              f"{', '.join(missing)} (see nember_core.plugin_api.ModelFamily)")
         if family.name in families:
             raise ConfigError(f"two plugins provide the model family {family.name!r}")
         families[family.name] = family

@@ -7,6 +7,7 @@ that says what is expected.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -65,3 +66,45 @@ def scope(value: Any) -> str:
 def scope_allows(held: str, needed: str) -> bool:
     """Does a key of scope ``held`` have the rights of ``needed``?"""
     return SCOPES.index(held) >= SCOPES.index(needed)
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def hyperparameters(family_name: str, params: dict[str, Any], allowed: dict) -> dict[str, Any]:
+    """``params`` checked against a family's ``parameters`` (name -> plugin_api.Param)."""
+    for name, value in params.items():
+        spec = allowed.get(name)
+        if spec is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidData(f"{family_name} has no hyperparameter {name!r} (it takes: {known})")
+        _check_param(name, value, spec)
+    return params
+
+
+def _check_param(name: str, value: Any, spec) -> None:
+    if value is None:
+        if not spec.nullable:
+            raise InvalidData(f"the hyperparameter {name!r} can't be empty")
+        return
+    kind = type(value)
+    fits = (kind in spec.kinds or (kind is int and float in spec.kinds)) and not (
+        kind is bool and bool not in spec.kinds)
+    if not fits:
+        wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in spec.kinds)
+        raise InvalidData(f"the hyperparameter {name!r} must be {wanted}, got {value!r}")
+    if kind is str:
+        if spec.choices is not None and value not in spec.choices:
+            raise InvalidData(f"the hyperparameter {name!r} must be one of "
+                              f"{', '.join(spec.choices)}, got {value!r}")
+        return
+    if kind is float and not math.isfinite(value):
+        raise InvalidData(f"the hyperparameter {name!r} must be a finite number, got {value!r}")
+    if kind is not bool and (
+        (spec.minimum is not None and value < spec.minimum)
+        or (spec.maximum is not None and value > spec.maximum)
+    ):
+        low = "" if spec.minimum is None else f"from {spec.minimum:g} "
+        high = "" if spec.maximum is None else f"to {spec.maximum:g}"
+        raise InvalidData(f"the hyperparameter {name!r} must be {low}{high}".rstrip()
+                          + f", got {value!r}")

@@ -65,6 +65,7 @@ class Models:
             raise InvalidData("name at least one feature column")
         if not isinstance(request.params, dict):
             raise InvalidData("the hyperparameters must be a mapping of names to values")
+        rules.hyperparameters(family.name, request.params, family.parameters)
         return ModelKey(account_id, strat, family.name, model_type)
 
     async def train(self, account_id: str, request: TrainingRequest,

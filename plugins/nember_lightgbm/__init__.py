@@ -10,6 +10,7 @@ import numpy as np
 
 from nember_core.plugin_api import (
     ModelFileRejected,
+    Param,
     Predictor,
     Tree,
     TreeEnsemble,
@@ -18,12 +19,37 @@ from nember_core.plugin_api import (
 )
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1}
+UNIT = Param((float,), 0.0, 1.0)
+# An allow-list, not a deny-list: LightGBM takes hundreds of parameters, some of which read
+# files of the server (*_filename) or start threads (num_threads).
+PARAMETERS = {
+    "n_estimators": Param((int,), 1, 2000),
+    "num_leaves": Param((int,), 2, 4096),
+    "max_depth": Param((int,), -1, 64),
+    "learning_rate": Param((float,), 0.0, 10.0),
+    "min_child_samples": Param((int,), 1, 1_000_000),
+    "min_child_weight": Param((float,), 0.0),
+    "min_split_gain": Param((float,), 0.0),
+    "subsample": UNIT,
+    "subsample_freq": Param((int,), 0, 1000),
+    "colsample_bytree": UNIT,
+    "reg_alpha": Param((float,), 0.0),
+    "reg_lambda": Param((float,), 0.0),
+    "max_bin": Param((int,), 2, 1024),
+    "class_weight": Param((str,), choices=("balanced",), nullable=True),
+    "boosting_type": Param((str,), choices=("gbdt", "dart", "rf")),
+    "objective": Param((str,), choices=("regression", "regression_l1", "huber", "fair",
+                                        "quantile", "mape", "binary", "multiclass",
+                                        "multiclassova")),
+    "random_state": Param((int,), 0, 2**31 - 1),
+}
 
 
 
 @attrs.frozen
 class LightGBMFamily:
     name: str = "LightGBM"
+    parameters: dict[str, Param] = attrs.field(factory=lambda: dict(PARAMETERS), repr=False)
     library_version: str = attrs.field(factory=lambda: f"lightgbm {version('lightgbm')}")
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):

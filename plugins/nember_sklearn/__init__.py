@@ -14,38 +14,97 @@ import numpy as np
 
 from nember_core.plugin_api import (
     ModelFileRejected,
+    Param,
     Predictor,
     Tree,
     TreeEnsemble,
     hookimpl,
 )
 
-# family name -> (classifier, regressor, default hyperparameters)
-FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+# What users may set (plugin_api.Param): bounded so that one tenant's job can't hold the
+# training worker for long, and never n_jobs, which would escape its one core.
+SEED = Param((int,), 0, 2**32 - 1, nullable=True)
+FRACTION = Param((float,), 0.0, 1.0)
+TREE = {
+    "max_depth": Param((int,), 1, 100, nullable=True),
+    "min_samples_split": Param((int, float), 0, 1_000_000),
+    "min_samples_leaf": Param((int, float), 0, 1_000_000),
+    "min_weight_fraction_leaf": FRACTION,
+    "max_features": Param((int, float, str), 0, 1_000_000, ("sqrt", "log2"), nullable=True),
+    "max_leaf_nodes": Param((int,), 2, 1_000_000, nullable=True),
+    "min_impurity_decrease": Param((float,), 0.0),
+    "ccp_alpha": Param((float,), 0.0),
+    "criterion": Param((str,), choices=("gini", "entropy", "log_loss", "squared_error",
+                                        "friedman_mse", "absolute_error", "poisson")),
+    "class_weight": Param((str,), choices=("balanced", "balanced_subsample"), nullable=True),
+    "random_state": SEED,
+}
+FOREST = {**TREE, "n_estimators": Param((int,), 1, 1000), "bootstrap": Param((bool,)),
+          "max_samples": Param((int, float), 0, 1_000_000, nullable=True)}
+BOOSTING = {
+    "learning_rate": Param((float,), 0.0, 10.0),
+    "max_iter": Param((int,), 1, 2000),
+    "max_leaf_nodes": Param((int,), 2, 100_000, nullable=True),
+    "max_depth": Param((int,), 1, 100, nullable=True),
+    "min_samples_leaf": Param((int,), 1, 1_000_000),
+    "l2_regularization": Param((float,), 0.0),
+    "max_features": Param((float,), 0.0, 1.0),
+    "max_bins": Param((int,), 2, 255),
+    "early_stopping": Param((bool, str), choices=("auto",)),
+    "validation_fraction": Param((int, float), 0, 1_000_000, nullable=True),
+    "n_iter_no_change": Param((int,), 1, 1000),
+    "tol": Param((float,), 0.0),
+    "loss": Param((str,), choices=("log_loss", "squared_error", "absolute_error", "gamma",
+                                   "poisson", "quantile")),
+    "quantile": FRACTION,
+    "class_weight": Param((str,), choices=("balanced",), nullable=True),
+    "random_state": SEED,
+}
+LINEAR = {  # LogisticRegression for class, LinearRegression for reg
+    "C": Param((float,), 0.0),
+    "max_iter": Param((int,), 1, 100_000),
+    "tol": Param((float,), 0.0),
+    "fit_intercept": Param((bool,)),
+    "class_weight": Param((str,), choices=("balanced",), nullable=True),
+    "solver": Param((str,), choices=("lbfgs", "liblinear", "newton-cg", "newton-cholesky",
+                                     "sag", "saga")),
+    "penalty": Param((str,), choices=("l1", "l2", "elasticnet"), nullable=True),
+    "l1_ratio": Param((float,), 0.0, 1.0, nullable=True),
+    "positive": Param((bool,)),
+    "random_state": SEED,
+}
+
+# family name -> (classifier, regressor, default hyperparameters, what users may set)
+FAMILIES: dict[str, tuple[str, str, dict[str, Any], dict[str, Param]]] = {
     "DecisionTree": (
         "sklearn.tree.DecisionTreeClassifier",
         "sklearn.tree.DecisionTreeRegressor",
         {"random_state": 0},
+        {**TREE, "splitter": Param((str,), choices=("best", "random"))},
     ),
     "RandomForest": (
         "sklearn.ensemble.RandomForestClassifier",
         "sklearn.ensemble.RandomForestRegressor",
         {"n_estimators": 100, "random_state": 0, "n_jobs": 1},
+        FOREST,
     ),
     "ExtraTrees": (
         "sklearn.ensemble.ExtraTreesClassifier",
         "sklearn.ensemble.ExtraTreesRegressor",
         {"n_estimators": 100, "random_state": 0, "n_jobs": 1},
+        FOREST,
     ),
     "GradientBoosting": (
         "sklearn.ensemble.HistGradientBoostingClassifier",
         "sklearn.ensemble.HistGradientBoostingRegressor",
         {"random_state": 0},
+        BOOSTING,
     ),
     "Linear": (
         "sklearn.linear_model.LogisticRegression",
         "sklearn.linear_model.LinearRegression",
         {},
+        LINEAR,
     ),
 }
 EXTRA_DEFAULTS = {"sklearn.linear_model.LogisticRegression": {"max_iter": 1000}}
@@ -62,6 +121,7 @@ class SklearnFamily:
     classifier: str
     regressor: str
     defaults: dict[str, Any]
+    parameters: dict[str, Param] = attrs.field(repr=False)
     library_version: str = attrs.field(factory=lambda: f"scikit-learn {version('scikit-learn')}")
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):
@@ -226,6 +286,6 @@ def _hist_gradient_boosting(model):
 @hookimpl
 def nember_model_families():
     return [
-        SklearnFamily(name, classifier, regressor, defaults)
-        for name, (classifier, regressor, defaults) in FAMILIES.items()
+        SklearnFamily(name, classifier, regressor, defaults, parameters)
+        for name, (classifier, regressor, defaults, parameters) in FAMILIES.items()
     ]

@@ -12,6 +12,7 @@ import numpy as np
 
 from nember_core.plugin_api import (
     ModelFileRejected,
+    Param,
     Predictor,
     Tree,
     TreeEnsemble,
@@ -20,12 +21,40 @@ from nember_core.plugin_api import (
 )
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
+UNIT = Param((float,), 0.0, 1.0)
+# What users may set: bounded, and never n_jobs or nthread, which escape the one-core worker.
+PARAMETERS = {
+    "n_estimators": Param((int,), 1, 2000),
+    "max_depth": Param((int,), 0, 32),
+    "max_leaves": Param((int,), 0, 65536),
+    "learning_rate": Param((float,), 0.0, 10.0),
+    "min_child_weight": Param((float,), 0.0),
+    "gamma": Param((float,), 0.0),
+    "max_delta_step": Param((float,), 0.0),
+    "subsample": UNIT,
+    "colsample_bytree": UNIT,
+    "colsample_bylevel": UNIT,
+    "colsample_bynode": UNIT,
+    "reg_alpha": Param((float,), 0.0),
+    "reg_lambda": Param((float,), 0.0),
+    "scale_pos_weight": Param((float,), 0.0),
+    "base_score": Param((float,), nullable=True),
+    "max_bin": Param((int,), 2, 1024),
+    "tree_method": Param((str,), choices=("hist", "approx", "exact")),
+    "grow_policy": Param((str,), choices=("depthwise", "lossguide")),
+    "booster": Param((str,), choices=("gbtree", "dart", "gblinear")),
+    "objective": Param((str,), choices=("reg:squarederror", "reg:absoluteerror",
+                                        "reg:pseudohubererror", "reg:logistic",
+                                        "binary:logistic", "multi:softprob", "multi:softmax")),
+    "random_state": Param((int,), 0, 2**31 - 1),
+}
 
 
 
 @attrs.frozen
 class XGBoostFamily:
     name: str = "XGBoost"
+    parameters: dict[str, Param] = attrs.field(factory=lambda: dict(PARAMETERS), repr=False)
     library_version: str = attrs.field(factory=lambda: f"xgboost {_version()}")
 
     def fit(self, X: np.ndarray, y: np.ndarray, model_type: str, params: dict[str, Any]):

@@ -237,7 +237,7 @@ async def test_an_upload_over_the_limit_is_413(api, tmp_path, servers):
 
 
 async def test_a_failing_fit_is_a_failed_job_with_the_reason(api):
-    job = await api.train(strat="fails", params='{"max_depth": -1}')
+    job = await api.train(strat="fails", params='{"min_samples_split": 1}')
     assert job["state"] == "failed"
     assert job["error"].startswith("DecisionTree could not be trained: ")
     assert job["model_id"] is None

@@ -356,7 +356,7 @@ async def test_train_follow_serve_retrain_and_delete_versions_then_the_model(
     assert (done["state"], done["version"], done["model_id"]) == (
         "succeeded", 2, v1["model_id"] + "-v2")
     failed, _ = await api.finished((await api.call("POST", "/models", data=api.form(
-        small, strat="rest", type="reg", target="move", params='{"max_depth": -1}')))[1])
+        small, strat="rest", type="reg", target="move", params='{"min_samples_split": 1}')))[1])
     assert failed["state"] == "failed"
     assert failed["error"].startswith("DecisionTree could not be trained: ")
     assert (failed["model_id"], failed["version"]) == (None, None)

@@ -414,3 +414,42 @@ async def test_a_model_retrained_after_its_newest_version_was_deleted_reaches_th
     assert (answer["message"], answer["prediction"] in ("hi", "lo")) == (
         "New model configuration added, prediction made", True)
     assert retrained.version == 3  # a number never given to another model
+
+
+@pytest.mark.parametrize("family,params,message", [
+    ("LightGBM", {"forcedbins_filename": "/etc/shadow"},
+     "LightGBM has no hyperparameter 'forcedbins_filename' (it takes: "),
+    ("LightGBM", {"num_threads": 8}, "LightGBM has no hyperparameter 'num_threads'"),
+    ("XGBoost", {"nthread": 8}, "XGBoost has no hyperparameter 'nthread'"),
+    ("XGBoost", {"max_dept": 4}, "XGBoost has no hyperparameter 'max_dept'"),
+    ("RandomForest", {"n_estimators": 30_000},
+     "the hyperparameter 'n_estimators' must be from 1 to 1000, got 30000"),
+    ("RandomForest", {"n_jobs": -1}, "RandomForest has no hyperparameter 'n_jobs'"),
+    ("DecisionTree", {"max_depth": "deep"},
+     "the hyperparameter 'max_depth' must be an integer, got 'deep'"),
+    ("DecisionTree", {"max_depth": True},
+     "the hyperparameter 'max_depth' must be an integer, got True"),
+    ("DecisionTree", {"criterion": "best"}, "the hyperparameter 'criterion' must be one of "),
+    ("GradientBoosting", {"learning_rate": float("nan")},
+     "the hyperparameter 'learning_rate' must be a finite number, got nan"),
+    ("XGBoost", {"max_depth": None}, "the hyperparameter 'max_depth' can't be empty"),
+])
+async def test_hyperparameters_outside_the_familys_list_are_refused_before_training(
+    services, prepared, family, params, message
+):
+    owner = await services.accounts.by_email("trader@example.com")
+    request = TrainingRequest(strat="hp", family=family, model_type="class",
+                              data=prepared.data, target="direction", params=params)
+    with pytest.raises(InvalidData) as refused:
+        await services.models.train(owner.id, request)
+    assert str(refused.value).startswith(message)
+
+
+async def test_hyperparameters_within_the_list_train(services, prepared):
+    owner = await services.accounts.by_email("trader@example.com")
+    meta = await services.models.train(owner.id, TrainingRequest(
+        strat="hp-ok", family="RandomForest", model_type="class", data=prepared.data,
+        target="direction", params={"n_estimators": 5, "max_features": "sqrt",
+                                    "class_weight": None, "min_samples_split": 0.1}))
+    assert meta.params == {"n_estimators": 5, "max_features": "sqrt", "class_weight": None,
+                           "min_samples_split": 0.1}

@@ -60,3 +60,25 @@ async def test_stores_open_from_their_providers_and_close(tmp_path):
         assert await stores.model_store.latest_versions([]) == {}
     finally:
         await stores.close()
+
+
+class _FamilyWithoutParameters:
+    name = "Old"
+    library_version = "old 1.0"
+
+    def fit(self, X, y, model_type, params): ...
+    def dumps(self, model): ...
+    def loads(self, data, model_type): ...
+    def predictor(self, model, model_type): ...
+    def predict(self, model, model_type, X): ...
+
+
+class _OldFamilyPlugin:
+    @hookimpl
+    def nember_model_families(self):
+        return [_FamilyWithoutParameters()]
+
+
+def test_a_family_that_lacks_part_of_the_interface_is_refused_at_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="the model family 'Old' lacks parameters"):
+        Nember.load(str(write_config(tmp_path)), extra_plugins=[_OldFamilyPlugin()])

@@ -16,10 +16,9 @@ from nember_core.plugin_api import ModelFileRejected, Predictor, hookimpl
 class BaselineFamily:
     name = "Baseline"
     library_version = "nember-baseline 0.1.0"
+    parameters = {}  # it takes no hyperparameters
 
     def fit(self, X, y, model_type, params):
-        if params:
-            raise ValueError(f"Baseline takes no hyperparameters, got {', '.join(params)}")
         if model_type == "class":
             return {"value": int(Counter(y.tolist()).most_common(1)[0][0])}
         return {"value": float(y.mean())}
