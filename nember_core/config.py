@@ -66,7 +66,9 @@ class ServerConfig:
     compile_trees: bool = setting(True, "tree models: native code (TL2cgen, gcc) once loaded")
     max_upload_size: int = setting(64 * 1024 * 1024, "bytes of CSV per training upload "
                                                      "(REST API)")
-    training_workers: int = setting(1, "processes that train models for the REST API")
+    training_workers: int = setting(
+        1, "training jobs of the REST API run at once, shared fairly between accounts")
+    training_timeout: float = setting(3600.0, "seconds a training job may run, then it fails")
     workers: int = setting(1, "processes sharing the port (SO_REUSEPORT); see --workers")
 
 
@@ -261,6 +263,7 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("event_loop", server.event_loop in ("asyncio", "uvloop"), "'asyncio' or 'uvloop'"),
         ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
+        ("training_timeout", server.training_timeout > 0, "a number of seconds > 0"),
         ("workers", server.workers >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in checks:

@@ -216,6 +216,12 @@ class JobBoard(Protocol):
     async def read(self, job_id: str) -> TrainingJob | None:
         """The job as last written; a queued or running one nobody wrote for long is failed."""
 
+    async def request_cancel(self, job_id: str) -> None:
+        """Ask whichever process runs the job to stop it."""
+
+    async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs someone asked to stop (polled by the process running them)."""
+
     async def close(self) -> None: ...
 
 

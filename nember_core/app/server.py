@@ -51,7 +51,7 @@ def create_app(nember: Nember) -> web.Application:
             gateway = Gateway(nember.config, stores, cache)
             opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
-                                on_saved=cache.prefetch)
+                                on_saved=cache.prefetch, timeout=server.training_timeout)
             opened.push_async_callback(jobs.close)
             app[GATEWAY] = gateway
             app[CONTEXT] = WebContext(

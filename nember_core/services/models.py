@@ -101,6 +101,12 @@ class Models:
             raise NotFound(f"no training job {job_id}")
         return await self._jobs.get(account_id, job_id)
 
+    async def cancel_job(self, account_id: str, job_id: str) -> TrainingJob:
+        """Stop a queued or running job (a finished one stays as it ended)."""
+        if self._jobs is None:
+            raise NotFound(f"no training job {job_id}")
+        return await self._jobs.cancel(account_id, job_id)
+
     async def latest(self, key: ModelKey) -> ModelMeta | None:
         return await self._store.latest(key)
 

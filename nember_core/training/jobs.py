@@ -1,17 +1,21 @@
-"""Training jobs started from the REST API: run in a process pool, watched for progress.
+"""Training jobs started from the REST API: each in a process of its own, watched for progress.
 
 Training is CPU-bound and can take minutes, so it runs in worker processes: predictions on the
-event loop never stall while a model trains. Workers find model families the same way the
-server does (the entry-point group); they send progress back through a queue and return the
-trained model, which the server then stores through the configured model store. Job states
-are written to a ``JobBoard`` too, so that every server process (``--workers``) can report
-them.
+event loop never stall while a model trains. A job waits for one of ``server.training_workers``
+slots, shared fairly between accounts (``FairSlots``); its process finds model families the
+same way the server does (the entry-point group), sends progress back through a queue and
+returns the trained model, which the server then stores through the configured model store.
+A process of its own per job is what lets a job be stopped: when it runs past
+``server.training_timeout``, when its owner cancels it (from any server process, through the
+job board), or when the server stops. Job states are written to a ``JobBoard`` too, so that
+every server process (``--workers``) can report them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +28,15 @@ from nember_core.credentials import new_id
 from nember_core.errors import NemberError, NotFound
 from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, JobBoard
 from nember_core.records import ModelKey, TrainingJob, utcnow
-from nember_core.worker_pool import spawn_pool, stop_pool
+from nember_core.worker_pool import die_with_parent
+
+from .fair_slots import FairSlots
 
 log = structlog.get_logger("nember.jobs")
 
 KEEP_FINISHED = 1000  # finished jobs remembered per server, oldest forgotten first
+CANCELLED = "cancelled by its owner"
+STOPPED = "the server stopped while training; train again"
 FLUSH_SECONDS = 0.5  # progress reaches the board at most this often
 HEARTBEAT_FLUSHES = int(JOB_HEARTBEAT_SECONDS / FLUSH_SECONDS)  # running jobs rewritten as alive
 
@@ -47,23 +55,30 @@ class TrainingSpec:
     data_label: str | None = None  # how errors name the CSV
 
 
-_progress_queue: Any = None  # set in each worker process by _init_worker
+class JobStopped(Exception):
+    """The job was stopped from outside (cancelled, timed out); the message says why."""
 
 
-def _init_worker(progress_queue) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
+def _worker_main(spec: TrainingSpec, progress, result, parent: int) -> None:
+    """A job's own process: train, send back the outcome."""
+    die_with_parent(parent)
+    try:
+        outcome = ("ok", _train(spec, progress))
+    except NemberError as exc:
+        outcome = ("error", exc)
+    except Exception as exc:  # a plugin bug: its message, not its (maybe unpicklable) class
+        outcome = ("error", RuntimeError(f"{type(exc).__name__}: {exc}"))
+    result.send(outcome)
 
 
-def _train_in_worker(spec: TrainingSpec):
-    """Runs in a worker process."""
+def _train(spec: TrainingSpec, progress_queue):
     from nember_core.plugins import installed_families
 
     from .dataset import read_csv, shown_as
     from .trainer import train
 
     def progress(fraction: float, stage: str) -> None:
-        _progress_queue.put((spec.job_id, fraction, stage))
+        progress_queue.put((spec.job_id, fraction, stage))
 
     family = installed_families()[spec.key.family]
     with shown_as(spec.data, spec.data_label):
@@ -71,14 +86,29 @@ def _train_in_worker(spec: TrainingSpec):
     return train(family, dataset, spec.key, spec.window, spec.params, progress)
 
 
+def _receive(connection):
+    """The job process's outcome, or None when it ended without one (killed)."""
+    try:
+        return connection.recv()
+    except (EOFError, OSError):
+        return None
+
+
 class TrainingJobs:
     def __init__(self, model_store, board: JobBoard, workers: int = 1,
-                 on_saved: Callable[[ModelKey], None] | None = None):
+                 on_saved: Callable[[ModelKey], None] | None = None,
+                 timeout: float = 3600.0):
         self._store = model_store
         self._board = board
         self._on_saved = on_saved  # told of each model stored (the cache loads it at once)
-        self._queue = multiprocessing.get_context("spawn").Queue()
-        self._pool = spawn_pool(workers, _init_worker, (self._queue,))
+        self._timeout = timeout  # seconds a job may train
+        self._context = multiprocessing.get_context("spawn")
+        self._queue = self._context.Queue()
+        self._slots = FairSlots(workers)
+        self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._runs: dict[str, asyncio.Task] = {}
+        self._cancelled: dict[str, str] = {}  # jobs being stopped, and why
+        self._queued: set[str] = set()  # waiting for a slot
         self._jobs: dict[str, TrainingJob] = {}
         self._changed: set[str] = set()  # jobs whose state the board doesn't have yet
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,14 +141,43 @@ class TrainingJobs:
             raise NotFound(f"no training job {job_id}")
         return job
 
+    async def cancel(self, account_id: str, job_id: str) -> TrainingJob:
+        """Stop a queued or running job of the account, wherever it runs."""
+        job = await self.get(account_id, job_id)
+        if job.finished_at is not None:
+            return job  # ended already: nothing to stop
+        if job_id not in self._jobs:  # another server process runs it: it reads the board
+            await self._board.request_cancel(job_id)
+            return job
+        self._stop(job_id, CANCELLED)
+        return job
+
+    def _stop(self, job_id: str, why: str) -> None:
+        job = self._jobs[job_id]
+        if job.stage == "saving":
+            return  # trained already: too late to stop
+        self._cancelled[job_id] = why
+        job.stage = "cancelling"  # failed, with ``why``, once its run has ended
+        self._changed.add(job_id)
+        process = self._processes.get(job_id)
+        if process is not None:
+            process.terminate()  # its run sees the process end without an outcome
+        elif job_id in self._queued:
+            self._runs[job_id].cancel()  # still waiting for a slot
+
     async def _publish_forever(self) -> None:
         beat = 0
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             beat += 1
+            unfinished = [j.id for j in self._jobs.values() if j.finished_at is None]
             if beat % HEARTBEAT_FLUSHES == 0:  # and now and then the running ones: they are alive
-                self._changed.update(j.id for j in self._jobs.values() if j.finished_at is None)
+                self._changed.update(unfinished)
             try:
+                if unfinished:  # cancelled through another server process?
+                    for job_id in await self._board.cancel_requested(unfinished):
+                        if job_id not in self._cancelled:
+                            self._stop(job_id, CANCELLED)
                 await self._publish()
             except Exception as exc:  # a locked or full disk: the next turn tries again
                 log.error("training.publish_failed", error=str(exc))
@@ -142,15 +201,59 @@ class TrainingJobs:
         spec = TrainingSpec(job_id=job.id, key=key, **spec_args)
         task = asyncio.create_task(self._run(job, spec, cleanup))
         self._tasks.add(task)
+        self._runs[job.id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._runs.pop(job.id, None))
         return job
 
-    async def _run(self, job: TrainingJob, spec: TrainingSpec, cleanup: Path | None) -> None:
-        loop = asyncio.get_running_loop()
+    async def _in_process(self, job: TrainingJob, spec: TrainingSpec):
+        """Train in a process of its own; JobStopped when it is stopped or runs too long."""
+        receiving, sending = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main, args=(spec, self._queue, sending, os.getpid()),
+            name=f"nember-train-{job.id}", daemon=True,
+        )
+        process.start()
+        sending.close()  # the process's end now: its death reads as the end of the pipe
+        self._processes[job.id] = process
+        if job.id in self._cancelled:  # cancelled while it started
+            process.terminate()
         try:
-            job.state, job.stage = "running", "starting"
-            self._changed.add(job.id)
-            trained = await loop.run_in_executor(self._pool, _train_in_worker, spec)
+            outcome = await asyncio.wait_for(asyncio.to_thread(_receive, receiving),
+                                             self._timeout)
+        except asyncio.TimeoutError:
+            raise JobStopped(f"training took longer than the limit of {self._timeout:g} s "
+                             "(server.training_timeout)") from None
+        finally:
+            if process.is_alive():
+                process.terminate()
+            await asyncio.to_thread(process.join, 10)
+            receiving.close()
+            self._processes.pop(job.id, None)
+        if job.id in self._cancelled:
+            raise JobStopped(self._cancelled[job.id])
+        if outcome is None:
+            raise NemberError(f"the training process ended unexpectedly (code {process.exitcode})")
+        kind, value = outcome
+        if kind == "error":
+            raise value
+        return value
+
+    async def _run(self, job: TrainingJob, spec: TrainingSpec, cleanup: Path | None) -> None:
+        try:
+            self._queued.add(job.id)
+            try:
+                await self._slots.acquire(job.account_id)
+            finally:
+                self._queued.discard(job.id)
+            try:
+                if job.id in self._cancelled:
+                    raise JobStopped(self._cancelled[job.id])
+                job.state, job.stage = "running", "starting"
+                self._changed.add(job.id)
+                trained = await self._in_process(job, spec)
+            finally:
+                self._slots.release()
             job.stage = "saving"
             self._changed.add(job.id)
             meta = await self._store.save(trained.meta, trained.artifact)
@@ -158,16 +261,18 @@ class TrainingJobs:
             job.state, job.progress, job.stage = "succeeded", 1.0, "trained"
             if self._on_saved is not None:
                 self._on_saved(job.key)
-        except NemberError as exc:
+        except (NemberError, JobStopped) as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving
             log.error("training.failed", job_id=job.id, error=repr(exc))
             job.state, job.error = "failed", f"training failed unexpectedly: {exc}"
-        except asyncio.CancelledError:  # the server is stopping
-            job.state, job.error = "failed", "the server stopped while training; train again"
-            raise
+        except asyncio.CancelledError:
+            job.state, job.error = "failed", self._cancelled.get(job.id, STOPPED)
+            if job.id not in self._cancelled:  # the server is stopping
+                raise
         finally:
             job.finished_at = utcnow()
+            self._cancelled.pop(job.id, None)
             self._changed.add(job.id)
             if cleanup is not None:
                 cleanup.unlink(missing_ok=True)
@@ -196,7 +301,6 @@ class TrainingJobs:
             await self._publish()  # the last states, stopped jobs included
         except Exception as exc:
             log.error("training.publish_failed", error=str(exc))
-        stop_pool(self._pool)
         try:
             self._queue.put(None)  # the reader's signal to stop...
         except (OSError, ValueError):

@@ -162,8 +162,15 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job_json(job))
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    me = await caller(request)
+    job = await services(request).models.cancel_job(me.account_id, request.match_info["id"])
+    return web.json_response(job_json(job))
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/models", list_models)
     router.add_post("/api/models", train_model)
     router.add_delete("/api/models/{id}", delete_model)
     router.add_get("/api/jobs/{id}", get_job)
+    router.add_delete("/api/jobs/{id}", cancel_job)

@@ -130,9 +130,13 @@ PATHS = {
         "summary": "Delete a version (model_id-vN) or a model with every version (model_id)",
         "parameters": ID_PARAM,
         "responses": {"200": _json({"type": "object"}, "What was deleted"), **_errors(404)}}},
-    "/api/jobs/{id}": {"get": {
-        "summary": "A training job's state and progress", "parameters": ID_PARAM,
-        "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}}},
+    "/api/jobs/{id}": {
+        "get": {"summary": "A training job's state and progress", "parameters": ID_PARAM,
+                "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}},
+        "delete": {"summary": "Cancel a queued or running job (it ends 'failed', 'cancelled "
+                              "by its owner'); a finished one is left as it ended",
+                   "parameters": ID_PARAM,
+                   "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}}},
     "/api/families": {"get": {
         "summary": "The installed model families",
         "responses": {"200": _json({"type": "object", "properties": {"items": {

@@ -40,8 +40,21 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 """
+MIGRATIONS = [
+    # 1: cancelling a job from any server process
+    "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+]
 COLUMNS = ("id", "account_id", "strat", "family", "model_type", "created_at", "state",
            "progress", "stage", "error", "model_id", "version", "finished_at")
+
+
+# Every column but ``cancel_requested``, which only a cancel sets: the owner's next write of
+# its progress must not undo it.
+UPSERT = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}, written_at) "
+    f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in (*COLUMNS[1:], "written_at"))
+)
 
 
 class SqliteJobBoard:
@@ -50,14 +63,14 @@ class SqliteJobBoard:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteJobBoard:
-        return cls(await Database.open(path, SCHEMA, durable=False))  # progress, not money
+        # Progress, not money: no fsync.
+        return cls(await Database.open(path, SCHEMA, durable=False, migrations=MIGRATIONS))
 
     async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
         now = time.time()
         async with self._db.transaction() as db:
             await db.executemany(
-                f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}, written_at) "
-                f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                UPSERT,
                 [(job.id, job.account_id, job.key.strat, job.key.family, job.key.model_type,
                   job.created_at.isoformat(), job.state, job.progress, job.stage, job.error,
                   job.model_id, job.version,
@@ -90,6 +103,18 @@ class SqliteJobBoard:
         if job.state in ("queued", "running") and time.time() - row[-1] > ORPHANED_AFTER:
             job.state, job.error = "failed", LOST
         return job
+
+    async def request_cancel(self, job_id: str) -> None:
+        async with self._db.transaction() as db:
+            await db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+
+    async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        ids = list(job_ids)[:500]  # a process runs a handful at a time
+        marks = ",".join("?" * len(ids))
+        rows = await self._db.read(
+            f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", ids
+        )
+        return {row[0] for row in rows}
 
     async def close(self) -> None:
         await self._db.close()

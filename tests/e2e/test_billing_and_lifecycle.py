@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.harness import Server, run_cli, write_config
+from tests.harness import Server, run_cli, write_config, write_prices
 from tests.helpers import ask, authed, request
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
@@ -143,17 +143,18 @@ async def test_logs_are_json_events_and_never_contain_a_key(server, trained):
 async def test_sigterm_does_not_wait_for_a_running_training_job(trained, tmp_path, servers):
     server = own_server(servers, trained, tmp_path, shutdown_timeout=2.0)
     form = aiohttp.FormData()
-    form.add_field("data", trained.data.read_bytes(), filename="prices.csv",
-                   content_type="text/csv")
+    big = write_prices(tmp_path / "big.csv", rows=30_000)  # 1,000 trees: minutes of work
+    form.add_field("data", big.read_bytes(), filename="prices.csv", content_type="text/csv")
     for name, value in {"strat": "huge", "model": "RandomForest", "type": "class",
                         "target": "direction", "window": "2",
-                        "params": '{"n_estimators": 20000}'}.items():
+                        "params": '{"n_estimators": 1000}'}.items():
         form.add_field(name, value)
     base = f"http://127.0.0.1:{server.port}/api"
     headers = {"Authorization": f"Bearer {trained.key}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         async with session.post(f"{base}/models", data=form) as response:
             job = await response.json()
+            assert response.status == 202, job
         for _ in range(300):  # until its worker is fitting
             async with session.get(f"{base}/jobs/{job['id']}") as response:
                 job = await response.json()
@@ -164,4 +165,4 @@ async def test_sigterm_does_not_wait_for_a_running_training_job(trained, tmp_pat
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
-    assert time.monotonic() - started < 2.0 + 5.0  # the drain, not the 20,000 trees
+    assert time.monotonic() - started < 2.0 + 5.0  # the drain, not the 1,000 trees

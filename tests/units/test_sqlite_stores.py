@@ -86,3 +86,23 @@ async def test_reads_and_writes_interleave_without_errors(tmp_path):
         assert await store.revoked_among(k.key.id for k in keys) == {k.key.id for k in revoked}
     finally:
         await store.close()
+
+
+async def test_a_cancel_request_survives_the_owners_next_progress_write(tmp_path):
+    from nember_sqlite.job_board import SqliteJobBoard
+
+    from nember_core.records import ModelKey, TrainingJob
+
+    board = await SqliteJobBoard.open(tmp_path / "jobs.sqlite3")
+    try:
+        job = TrainingJob(id="job_1", account_id="acct_1", created_at=utcnow(),
+                          key=ModelKey("acct_1", "s", "DecisionTree", "class"), state="running")
+        await board.write([job], keep=10)
+        assert await board.cancel_requested(["job_1"]) == set()
+        await board.request_cancel("job_1")  # from another server process
+        job.progress = 0.5
+        await board.write([job], keep=10)  # the owner's next write of its progress
+        assert await board.cancel_requested(["job_1", "job_2"]) == {"job_1"}
+        assert (await board.read("job_1")).progress == 0.5
+    finally:
+        await board.close()

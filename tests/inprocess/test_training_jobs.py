@@ -1,0 +1,104 @@
+"""Training jobs can be stopped: cancelled by their owner (queued or running), or failed when
+they run past server.training_timeout; a stopped job stores no model and leaves no process."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+
+import aiohttp
+import pytest
+
+from nember_core.app.nember import Nember
+from nember_core.app.server import create_app
+from tests.harness import write_config
+
+SLOW = '{"n_estimators": 1000}'  # a RandomForest of 1,000 trees: seconds, not minutes
+
+
+def _form(prepared, strat: str, params: str = SLOW) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("data", prepared.data.read_bytes(), filename="prices.csv",
+                   content_type="text/csv")
+    for name, value in {"strat": strat, "model": "RandomForest", "type": "class",
+                        "target": "direction", "window": "2", "params": params}.items():
+        form.add_field(name, value)
+    return form
+
+
+async def _call(client, method: str, path: str, key: str, **kwargs):
+    async with client.request(method, path, headers={"Authorization": f"Bearer {key}"},
+                              **kwargs) as response:
+        return response.status, await response.json()
+
+
+async def _until(client, key: str, job_id: str, states: tuple[str, ...], timeout: float = 60):
+    for _ in range(int(timeout / 0.05)):
+        status, job = await _call(client, "GET", f"/api/jobs/{job_id}", key)
+        assert status == 200
+        if job["state"] in states:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job still {job['state']}")
+
+
+def _training_processes() -> list:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("nember-train")]
+
+
+async def test_a_running_job_is_cancelled_by_its_owner(client, prepared):
+    status, job = await _call(client, "POST", "/api/models", prepared.key,
+                              data=_form(prepared, "cancel-running"))
+    assert status == 202
+    await _until(client, prepared.key, job["id"], ("running",))
+    assert _training_processes()
+    # Another account can't; the owner can.
+    assert (await _call(client, "DELETE", f"/api/jobs/{job['id']}", prepared.other_key))[0] == 404
+    status, cancelled = await _call(client, "DELETE", f"/api/jobs/{job['id']}", prepared.key)
+    assert status == 200 and cancelled["id"] == job["id"]
+    ended = await _until(client, prepared.key, job["id"], ("failed", "succeeded"))
+    assert (ended["state"], ended["error"]) == ("failed", "cancelled by its owner")
+    assert ended["finished_at"] is not None and ended["model_id"] is None
+    for _ in range(100):
+        if not _training_processes():
+            break
+        await asyncio.sleep(0.05)
+    assert not _training_processes()  # its process is gone
+    status, models = await _call(client, "GET", "/api/models", prepared.key)
+    assert not [m for m in models["items"] if m["strat"] == "cancel-running"]
+    # Cancelling a job that ended changes nothing.
+    assert (await _call(client, "DELETE", f"/api/jobs/{job['id']}", prepared.key))[1] == ended
+
+
+async def test_a_queued_job_is_cancelled_before_it_starts(client, prepared):
+    first = (await _call(client, "POST", "/api/models", prepared.key,
+                         data=_form(prepared, "cancel-first")))[1]
+    queued = (await _call(client, "POST", "/api/models", prepared.key,
+                          data=_form(prepared, "cancel-queued")))[1]
+    assert (await _call(client, "GET", f"/api/jobs/{queued['id']}", prepared.key))[1][
+        "state"] == "queued"  # one training slot: it waits
+    await _call(client, "DELETE", f"/api/jobs/{queued['id']}", prepared.key)
+    ended = await _until(client, prepared.key, queued["id"], ("failed", "succeeded"))
+    assert (ended["state"], ended["error"]) == ("failed", "cancelled by its owner")
+    await _call(client, "DELETE", f"/api/jobs/{first['id']}", prepared.key)
+    await _until(client, prepared.key, first["id"], ("failed", "succeeded"))
+
+
+@pytest.fixture
+async def hasty(aiohttp_client, prepared, tmp_path):
+    """A server whose jobs may train for half a second."""
+    data_dir = Nember.load(str(prepared.config)).config.data_dir
+    config = write_config(tmp_path, server={"training_timeout": 0.5}, data_dir=data_dir)
+    return await aiohttp_client(create_app(Nember.load(str(config))))
+
+
+async def test_a_job_past_the_time_limit_fails_and_stores_nothing(hasty, prepared):
+    status, job = await _call(hasty, "POST", "/api/models", prepared.key,
+                              data=_form(prepared, "too-slow"))
+    assert status == 202
+    ended = await _until(hasty, prepared.key, job["id"], ("failed", "succeeded"))
+    assert ended["state"] == "failed"
+    assert ended["error"] == ("training took longer than the limit of 0.5 s "
+                              "(server.training_timeout)")
+    status, models = await _call(hasty, "GET", "/api/models", prepared.key)
+    assert not [m for m in models["items"] if m["strat"] == "too-slow"]
