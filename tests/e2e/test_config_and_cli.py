@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.cases import CONFIG_ERRORS
 from tests.harness import PASSWORD, run_cli, write_prices
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
@@ -17,36 +18,7 @@ def fails(config, *args, env=None) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("bogus: 1\n", "bogus: unknown key"),
-        ("server:\n  port: eighty\n", "server.port: expected an integer, got a string ('eighty')"),
-        ("server:\n  port: 99999\n", "server.port: expected a port number from 0 to 65535"),
-        ("server:\n  prot: 80\n", "server.prot: unknown key"),
-        ("server:\n  rate_limit: {per_second: true}\n",
-         "server.rate_limit.per_second: expected a number, got a boolean (true)"),
-        ("server:\n  tls: {cert: a.pem}\n", "server.tls.key: required key is missing"),
-        ("server: [1, 2]\n", "server: expected a mapping, got a list"),
-        ("key_store:\n  plugin: postgres\n",
-         "key_store.plugin: no installed plugin provides 'postgres' (installed: sqlite)"),
-        ("key_store:\n  plugin: sqlite\n  colour: blue\n", "key_store.colour: unknown key"),
-        ("billing:\n  price: lots\n", "billing.price: expected a number, got 'lots'"),
-        ("model_store:\n  plugin: s3\n",
-         "model_store.plugin: no installed plugin provides 's3' (installed: local_disk)"),
-        ("connection_registry:\n  plugin: memory\n  url: x\n",
-         "connection_registry.url: unknown key"),
-        ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
-        ("server:\n  event_loop: trio\n", "server.event_loop: expected 'asyncio' or 'uvloop'"),
-        ("server:\n  workers: 0\n", "server.workers: expected an integer >= 1"),
-        ("server:\n  compile_trees: maybe\n",
-         "server.compile_trees: expected true or false, got a string ('maybe')"),
-        ("connection_registry:\n  heartbeat: 0\n",
-         "connection_registry: heartbeat: expected a number of seconds > 0"),
-        ("server: {port: [\n", "not valid YAML at line"),
-        ("- just\n- a list\n", "the config must be a mapping"),
-    ],
-)
+@pytest.mark.parametrize("text,expected", CONFIG_ERRORS)
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, expected):
     config = tmp_path / "bad.yaml"
     config.write_text(text)

@@ -16,102 +16,16 @@ import pytest
 
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
+from tests.cases import API_KEY_MISMATCH, BAD_FRAMES, NOT_FOUND, NOT_JSON, P
 from tests.harness import write_config
-from tests.helpers import REQUEST, request
+from tests.helpers import request
 
 from .conftest import ask, authed
 
-P = [{"point1": 3, "point2": 2}, {"point1": 1, "point2": 3}]
-EXPECTS = "the model expects 'point1', 'point2'."
-NOT_JSON = ("The request is not valid JSON; send one JSON object per text frame "
-            "(NaN and Infinity are not JSON).")
-NOT_FOUND = "Model configuration not found in the backend."
 NEW = "New model configuration added, prediction made"
 BINARY = "Binary frames are not accepted; send each request as a JSON text frame."
-API_KEY_MISMATCH = ("Field 'api_key' does not match the API key this connection "
-                    "authenticated with.")
 LIMIT_REACHED = {"status": "error", "message": "Connection limit reached for this API key."}
-
-
-def without(field: str) -> str:
-    return json.dumps({k: v for k, v in REQUEST.items() if k != field})
-
-
-CASES = [
-    ("not json", "{not json", NOT_JSON),
-    ("empty frame", "", NOT_JSON),
-    ("NaN literal", '{"strat_name": NaN}', NOT_JSON),
-    ("Infinity literal", request().replace("3", "Infinity", 1), NOT_JSON),
-    ("huge exponent", request().replace('"point1": 3', '"point1": 1e999', 1), NOT_JSON),
-    ("two objects", request() + request(), NOT_JSON),
-    ("array", "[1, 2, 3]", "The request must be a JSON object, got an array."),
-    ("string", '"hello"', "The request must be a JSON object, got a string."),
-    ("number", "42", "The request must be a JSON object, got a number."),
-    ("boolean", "true", "The request must be a JSON object, got a boolean."),
-    ("null", "null", "The request must be a JSON object, got null."),
-    ("empty object", "{}", "Missing field 'strat_name': expected a non-empty string."),
-    ("strat not string", request(strat_name=5),
-     "Field 'strat_name' must be a non-empty string, got a number."),
-    ("strat empty", request(strat_name=""),
-     "Field 'strat_name' must be a non-empty string, got an empty string."),
-    ("strat null", request(strat_name=None),
-     "Field 'strat_name' must be a non-empty string, got null."),
-    ("model missing", without("model_name"),
-     "Missing field 'model_name': expected a non-empty string."),
-    ("model list", request(model_name=["DecisionTree"]),
-     "Field 'model_name' must be a non-empty string, got an array."),
-    ("type missing", without("model_type"),
-     "Missing field 'model_type': expected 'class' or 'reg'."),
-    ("type unknown", request(model_type="classification"),
-     "Field 'model_type' must be 'class' or 'reg', got 'classification'."),
-    ("type number", request(model_type=1),
-     "Field 'model_type' must be 'class' or 'reg', got a number."),
-    ("type long string", request(model_type="c" * 50),
-     f"Field 'model_type' must be 'class' or 'reg', got '{'c' * 40}...'."),
-    ("type is a key", request(model_type="nmb_" + "k" * 40),
-     "Field 'model_type' must be 'class' or 'reg', got an API key (not repeated)."),
-    ("points missing", without("DataPoints"),
-     "Missing field 'DataPoints': expected a list of data point objects."),
-    ("points object", request(DataPoints={"point1": 1}),
-     "Field 'DataPoints' must be a list of data point objects, got an object."),
-    ("points string", request(DataPoints="1,2"),
-     "Field 'DataPoints' must be a list of data point objects, got a string."),
-    ("too few points", request(DataPoints=P[:1]),
-     "Field 'DataPoints' has 1 data point; this model was trained with 2 (its window)."),
-    ("too many points", request(DataPoints=P * 2),
-     "Field 'DataPoints' has 4 data points; this model was trained with 2 (its window)."),
-    ("no points", request(DataPoints=[]),
-     "Field 'DataPoints' has 0 data points; this model was trained with 2 (its window)."),
-    ("point not object", request(DataPoints=[P[0], 7]),
-     "DataPoints[1] must be an object of feature values, got a number."),
-    ("point is a list", request(DataPoints=[[3, 2], P[1]]),
-     "DataPoints[0] must be an object of feature values, got an array."),
-    ("missing feature", request(DataPoints=[P[0], {"point1": 1}]),
-     f"DataPoints[1] is missing the feature 'point2'; {EXPECTS}"),
-    ("extra feature", request(DataPoints=[{**P[0], "point3": 1}, P[1]]),
-     f"DataPoints[0] has unexpected feature 'point3'; {EXPECTS}"),
-    ("two extra features", request(DataPoints=[P[0], {**P[1], "a": 1, "b": 2}]),
-     f"DataPoints[1] has unexpected features 'a', 'b'; {EXPECTS}"),
-    ("renamed features", request(DataPoints=[{"a": 1, "b": 2}, P[1]]),
-     f"DataPoints[0] is missing the features 'point1', 'point2'; {EXPECTS}"),
-    ("numeric string", request(DataPoints=[{"point1": "3", "point2": 2}, P[1]]),
-     "DataPoints[0]['point1'] must be a number, got a string."),
-    ("boolean value", request(DataPoints=[P[0], {"point1": True, "point2": 2}]),
-     "DataPoints[1]['point1'] must be a number, got a boolean."),
-    ("null value", request(DataPoints=[P[0], {"point1": 1, "point2": None}]),
-     "DataPoints[1]['point2'] must be a number, got null."),
-    ("nested value", request(DataPoints=[P[0], {"point1": 1, "point2": [2]}]),
-     "DataPoints[1]['point2'] must be a number, got an array."),
-    ("object value", request(DataPoints=[P[0], {"point1": 1, "point2": {"v": 2}}]),
-     "DataPoints[1]['point2'] must be a number, got an object."),
-    ("integer beyond a double", request(DataPoints=[{"point1": 10**400, "point2": 2}, P[1]]),
-     NOT_JSON),
-    ("api key mismatch", request(api_key="nmb_somebody_else"), API_KEY_MISMATCH),
-    ("api key null", request(api_key=None), API_KEY_MISMATCH),
-    ("model not trained", request(model_type="reg", strat_name="other"), NOT_FOUND),
-    ("family not trained", request(model_name="XGBoost"), NOT_FOUND),
-    ("family not installed", request(model_name="NoSuchFamily"), NOT_FOUND),
-]
+CASES = BAD_FRAMES
 
 
 def test_the_table_covers_at_least_the_end_to_end_cases():

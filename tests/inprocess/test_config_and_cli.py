@@ -20,6 +20,8 @@ from nember_core.app import cli
 from nember_core.config import load_config, parse_config
 from nember_core.errors import ConfigError
 from nember_core.plugins import collect_providers, installed_families, plugin_manager
+from tests.cases import CONFIG_ERRORS as CONFIG_ERRORS_E2E
+from tests.cases import MORE_CONFIG_ERRORS
 from tests.harness import PASSWORD, write_config, write_prices
 
 EMAIL = "trader@example.com"
@@ -32,90 +34,7 @@ def providers():
 
 # --- config errors --------------------------------------------------------------------------
 
-CONFIG_ERRORS = [
-    # the end-to-end cases
-    ("bogus: 1\n", "bogus: unknown key"),
-    ("server:\n  port: eighty\n", "server.port: expected an integer, got a string ('eighty')"),
-    ("server:\n  port: 99999\n", "server.port: expected a port number from 0 to 65535"),
-    ("server:\n  prot: 80\n", "server.prot: unknown key"),
-    ("server:\n  rate_limit: {per_second: true}\n",
-     "server.rate_limit.per_second: expected a number, got a boolean (true)"),
-    ("server:\n  tls: {cert: a.pem}\n", "server.tls.key: required key is missing"),
-    ("server: [1, 2]\n", "server: expected a mapping, got a list"),
-    ("key_store:\n  plugin: postgres\n",
-     "key_store.plugin: no installed plugin provides 'postgres' (installed: sqlite)"),
-    ("key_store:\n  plugin: sqlite\n  colour: blue\n", "key_store.colour: unknown key"),
-    ("billing:\n  price: lots\n", "billing.price: expected a number, got 'lots'"),
-    ("model_store:\n  plugin: s3\n",
-     "model_store.plugin: no installed plugin provides 's3' (installed: local_disk)"),
-    ("connection_registry:\n  plugin: memory\n  url: x\n",
-     "connection_registry.url: unknown key"),
-    ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
-    ("server:\n  event_loop: trio\n", "server.event_loop: expected 'asyncio' or 'uvloop'"),
-    ("server:\n  workers: 0\n", "server.workers: expected an integer >= 1"),
-    ("server:\n  compile_trees: maybe\n",
-     "server.compile_trees: expected true or false, got a string ('maybe')"),
-    ("connection_registry:\n  heartbeat: 0\n",
-     "connection_registry: heartbeat: expected a number of seconds > 0"),
-    ("server: {port: [\n", "not valid YAML at line 2"),
-    ("- just\n- a list\n", "the config must be a mapping of keys to values"),
-    # more of the same kinds
-    ("5: five\n", "5: unknown key"),
-    ("\tbogus: 1\n", "not valid YAML at line 1"),
-    ("data_dir: 5\n", "data_dir: expected a path, got a number (5)"),
-    ("data_dir: ''\n", "data_dir: expected a path, got a string ('')"),
-    ("server:\n  port: 80.5\n", "server.port: expected an integer, got a number (80.5)"),
-    ("server:\n  auth_timeout: soon\n",
-     "server.auth_timeout: expected a number, got a string ('soon')"),
-    ("server:\n  max_message_size: 100\n",
-     "server.max_message_size: expected a size in bytes >= 1024"),
-    ("server:\n  max_connections_per_account: 0\n",
-     "server.max_connections_per_account: expected an integer >= 1"),
-    ("server:\n  rate_limit: {burst: 0}\n", "server.rate_limit.burst: expected an integer >= 1"),
-    ("server:\n  rate_limit: {per_second: 0}\n",
-     "server.rate_limit.per_second: expected a number > 0"),
-    ("server:\n  rate_limit: {per_second: 5, bursts: 3}\n",
-     "server.rate_limit.bursts: unknown key"),
-    ("server:\n  tls: {cert: a.pem, key: b.pem, ca: c.pem}\n", "server.tls.ca: unknown key"),
-    ("server:\n  tls: {cert: 5, key: b.pem}\n",
-     "server.tls.cert: expected a path, got a number (5)"),
-    ("server:\n  node: [a]\n", "server.node: expected a string, got a list"),
-    ("log:\n  format: xml\n", "log.format: expected one of json, console"),
-    ("log: [info]\n", "log: expected a mapping, got a list"),
-    ("dashboard:\n  session_hours: 0\n",
-     "dashboard: session_hours and login_attempts_per_minute must be positive"),
-    ("dashboard:\n  allow_signup: 1\n",
-     "dashboard.allow_signup: expected true or false, got a number (1)"),
-    # plugins and their options
-    ("key_store:\n  plugin: 7\n", "key_store.plugin: expected a string, got a number (7)"),
-    ("key_store: sqlite\n", "key_store: expected a mapping, got a string ('sqlite')"),
-    ("key_store:\n  path: [a, b]\n", "key_store.path: expected a path, got a list"),
-    ("connection_registry:\n  plugin: memory\n  path: live.sqlite3\n",
-     "connection_registry.path: unknown key"),
-    ("connection_registry:\n  plugin: redis\n",
-     "connection_registry.plugin: no installed plugin provides 'redis' "
-     "(installed: memory, sqlite)"),
-    ("connection_registry:\n  heartbeat: fast\n",
-     "connection_registry.heartbeat: expected a number, got a string ('fast')"),
-    ("model_store:\n  plugin: local_disk\n  bucket: b\n", "model_store.bucket: unknown key"),
-    ("jobs:\n  plugin: redis\n",
-     "jobs.plugin: no installed plugin provides 'redis' (installed: sqlite)"),
-    ("jobs:\n  plugin: [sqlite]\n", "jobs.plugin: expected a string, got a list"),
-    ("jobs:\n  plugin: sqlite\n  workers: 2\n", "jobs.workers: unknown key"),
-    ("jobs: [sqlite]\n", "jobs: expected a mapping, got a list"),
-    # billing: price and currency beside the ledger's own keys
-    ("billing:\n  price: -1\n", "billing.price: expected a number >= 0, got -1"),
-    ("billing:\n  price: '-0.5'\n", "billing.price: expected a number >= 0, got '-0.5'"),
-    ("billing:\n  price: .nan\n", "billing.price: expected a number >= 0, got nan"),
-    ("billing:\n  price: .inf\n", "billing.price: expected a number >= 0, got inf"),
-    ("billing:\n  price: true\n", "billing.price: expected a number, got a boolean (true)"),
-    ("billing:\n  price: [1]\n", "billing.price: expected a number, got a list"),
-    ("billing:\n  currency: ''\n", "billing.currency: expected a currency code such as USD"),
-    ("billing:\n  currency: 5\n", "billing.currency: expected a currency code such as USD"),
-    ("billing:\n  plugin: ledgerly\n",
-     "billing.plugin: no installed plugin provides 'ledgerly' (installed: sqlite)"),
-    ("billing:\n  price: 0.02\n  tax: 0.2\n", "billing.tax: unknown key"),
-]
+CONFIG_ERRORS = [*CONFIG_ERRORS_E2E, *MORE_CONFIG_ERRORS]
 
 
 @pytest.mark.parametrize("text,expected", CONFIG_ERRORS,
