@@ -330,27 +330,6 @@ async def test_one_account_never_sees_or_touches_anothers_resources(api):
 
 # --- OpenAPI ----------------------------------------------------------------------------
 
-async def test_openapi_document_matches_the_real_routes(api):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(api.base + "/openapi.json") as response:
-            assert response.status == 200
-            document = await response.json()
-    assert document["openapi"].startswith("3.1")
-    documented = {(method.upper(), path) for path, ops in document["paths"].items()
-                  for method in ops}
-    from nember_core.app.nember import Nember
-    from nember_core.app.server import create_app
-
-    app = create_app(Nember.load(str(api.workspace.config)))
-    real = {(route.method, route.resource.canonical) for route in app.router.routes()
-            if route.resource is not None and route.resource.canonical.startswith("/api/")
-            and route.method != "HEAD"}
-    assert documented == real
-    for ops in document["paths"].values():
-        for op in ops.values():
-            assert op["summary"]
-            assert {"200", "201", "202"} & set(op["responses"])
-
 
 async def test_families_lists_every_installed_family(api):
     status, families = await api.call("GET", "/families")
