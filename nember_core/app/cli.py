@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nember", description="Nember: predictions for trading bots over a websocket.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"nember {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"nember {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", parents=[common], help="sample account, key and models; serve")
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     nember = Nember.load(getattr(args, "config", None))
     configure(nember.config.log.level, nember.config.log.format)
+    if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+        raise NemberError("--port: expected a port number from 0 to 65535")
     if args.command == "serve":
         workers = nember.config.server.workers if args.workers is None else args.workers
         if workers < 1:
@@ -167,7 +169,12 @@ async def _keys_list(services: Services, args) -> int:
 
 
 async def _keys_revoke(services: Services, args) -> int:
+    before = await services.keys.find(args.key)
     key = await services.keys.revoke(args.key)
+    if before is not None and not before.active:
+        print(f"API key {key.id} ({key.name!r}) was already revoked, at "
+              f"{key.revoked_at.isoformat()}")
+        return 0
     print(f"Revoked API key {key.id} ({key.name!r}); its live connections close within seconds")
     return 0
 

@@ -166,6 +166,7 @@ def serve(
             print=announce,
             access_log=None,
         )
-    except OSError as exc:
-        raise NemberError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except (OSError, OverflowError) as exc:  # taken, not allowed, or no such port
+        reason = getattr(exc, "strerror", None) or exc
+        raise NemberError(f"cannot listen on {host}:{port}: {reason}") from None
     log.info("server.stopped")

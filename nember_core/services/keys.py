@@ -42,6 +42,10 @@ class Keys:
             return None  # refused without a lookup
         return await self._stores.key_store.authenticate(secret)
 
+    async def find(self, id_or_secret: str) -> ApiKey | None:
+        """A key by its id or the key itself, active or revoked."""
+        return await self._stores.key_store.find_key(id_or_secret.strip())
+
     async def revoke(self, id_or_secret: str, account_id: str | None = None) -> ApiKey:
         """Revoke a key and close its live connections (4401) wherever they are.
 

@@ -424,3 +424,24 @@ def test_a_data_folder_that_cannot_be_written_is_one_line_not_a_listen_error(nem
         line = one_error_line(nember(*command, config=config))
         assert line.startswith(f"nember: error: {blocker / 'data'}: the data folder can't be "
                                "written: ")
+
+
+def test_a_port_out_of_range_is_one_line(nember):
+    line = one_error_line(nember("serve", "--port", "80000"))
+    assert line == "nember: error: --port: expected a port number from 0 to 65535"
+
+
+def test_revoking_a_revoked_key_says_so(nember):
+    key = nember("keys", "create", "--account", EMAIL, "--name", "twice")[1].splitlines()[-1]
+    assert nember("keys", "revoke", key)[1].startswith("Revoked API key ")
+    code, out, err = nember("keys", "revoke", key)
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"API key key_[0-9a-f]+ \('twice'\) was already revoked, at "
+                        r"\S+\+00:00\n", out), out
+
+
+def test_the_version_has_a_short_flag(nember, capsys):
+    with pytest.raises(SystemExit) as done:
+        nember("-V", config=None)
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("nember 0.1.0")
