@@ -149,6 +149,9 @@ def test_walk_through_the_dashboard(open_page, site):
     page = open_page(1200, 860)
     page.goto(site.base + "/")
     expect(page.get_by_role("heading", name="Log in to Nember")).to_be_visible()
+    # A visitor who isn't logged in sees the login form, not the menu or a "Log out".
+    expect(page.get_by_role("navigation", name="Sections")).to_be_hidden()
+    expect(page.get_by_role("button", name="Log out")).to_be_hidden()
     shot(page, "login")
 
     page.get_by_label("Email").fill(EMAIL)
