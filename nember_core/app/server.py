@@ -17,6 +17,7 @@ from nember_core.serving.model_cache import ModelCache
 from nember_core.training.jobs import TrainingJobs
 from nember_core.trees.compiler import TreeCompiler
 from nember_core.web import CONTEXT, WebContext, add_routes, error_middleware
+from nember_core.web.models import sweep_uploads
 
 from .nember import Nember
 
@@ -48,6 +49,9 @@ def create_app(nember: Nember) -> web.Application:
                 max_batch=server.max_batch,
                 compiler=compiler,
             )
+            swept = await asyncio.to_thread(sweep_uploads, nember.config.data_dir)
+            if swept:
+                log.info("uploads.swept", files=swept)
             gateway = Gateway(nember.config, stores, cache)
             opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,

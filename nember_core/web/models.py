@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 
@@ -13,6 +15,25 @@ from nember_core.services import TrainingRequest
 from .auth import caller
 from .context import CONTEXT, iso, items, services
 from .errors import ApiError
+
+UPLOADS = "uploads"  # in data_dir: each training job's CSV, deleted when the job ends
+STALE_UPLOAD_SECONDS = 24 * 3600
+
+
+def sweep_uploads(data_dir: Path) -> int:
+    """Delete uploads a day old: left by jobs whose server was killed (a job deletes its own
+    when it ends). Returns how many."""
+    cutoff = time.time() - STALE_UPLOAD_SECONDS
+    swept = 0
+    for upload in (data_dir / UPLOADS).glob("*.csv"):
+        try:
+            if upload.stat().st_mtime < cutoff:
+                upload.unlink()
+                swept += 1
+        except FileNotFoundError:  # another server process swept it first
+            pass
+    return swept
+
 
 FIELDS = ("strat", "model", "type", "target", "window", "features", "params")
 CHUNK = 256 * 1024
@@ -66,7 +87,7 @@ async def train_model(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Send the training request as multipart/form-data with the CSV as "
                             "'data'.")
-    uploads = config.data_dir / "uploads"
+    uploads = config.data_dir / UPLOADS
     uploads.mkdir(parents=True, exist_ok=True)
     path = uploads / f"{uuid.uuid4().hex}.csv"
     try:

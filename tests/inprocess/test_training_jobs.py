@@ -102,3 +102,24 @@ async def test_a_job_past_the_time_limit_fails_and_stores_nothing(hasty, prepare
                               "(server.training_timeout)")
     status, models = await _call(hasty, "GET", "/api/models", prepared.key)
     assert not [m for m in models["items"] if m["strat"] == "too-slow"]
+
+
+async def test_uploads_a_killed_server_left_are_swept_when_a_server_starts(
+    aiohttp_client, prepared, tmp_path
+):
+    import os
+    import time
+
+    data_dir = Nember.load(str(prepared.config)).config.data_dir
+    uploads = data_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    stale, fresh = uploads / "stale-test.csv", uploads / "fresh-test.csv"
+    for upload in (stale, fresh):
+        upload.write_text("a,b\n1,2\n")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    config = write_config(tmp_path, data_dir=data_dir)
+    await aiohttp_client(create_app(Nember.load(str(config))))
+    assert not stale.exists()
+    assert fresh.exists()  # may still be a queued job's, in another server process
+    fresh.unlink()
