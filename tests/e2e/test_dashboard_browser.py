@@ -198,6 +198,20 @@ def test_walk_through_the_dashboard(open_page, site):
     expect(page.get_by_text(f"Strategy {STRATEGY}")).to_be_visible()
     shot(page, "models")
 
+    # A long training can be cancelled from the page.
+    page.set_input_files("#csv-file", str(site.prices))
+    expect(page.locator("#csv-preview")).to_contain_text("point1")
+    page.get_by_label("Strategy").fill(STRATEGY + "-cancelled")
+    page.get_by_label("Target column").select_option("direction")
+    page.locator("#features input[value=move]").uncheck()
+    page.get_by_label("Model family").select_option("RandomForest")
+    page.get_by_label("Hyperparameters (JSON, optional)").fill('{"n_estimators": 1000}')
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("alert")).to_have_text("Training failed: cancelled by its owner",
+                                                   timeout=TRAINING_TIMEOUT)
+    expect(strategy_rows(page, STRATEGY + "-cancelled")).to_have_count(0)
+
     # A bot connects with the new key and predicts; the socket shows up by itself.
     with connect(site.url, open_timeout=10) as ws:
         authenticate(ws, secret)

@@ -298,8 +298,14 @@ async function showModels() {
         box.innerHTML = html`
           <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${Math.round(job.progress * 100)}">
             <div></div></div>
-          <p class="muted">Training ${job.model} ${job.type}: ${job.stage} (${Math.round(job.progress * 100)}%)</p>`;
+          <p class="muted">Training ${job.model} ${job.type}: ${job.stage} (${Math.round(job.progress * 100)}%)
+            <button type="button" class="danger small" id="cancel-job">Cancel</button></p>`;
         box.querySelector(".progress > div").style.width = `${Math.round(job.progress * 100)}%`;
+        const jobId = job.id;
+        document.getElementById("cancel-job").onclick = async (event) => {
+          event.target.disabled = true;  // the job ends, failed, at the next look
+          try { await api("DELETE", `/api/jobs/${jobId}`); } catch (err) { toast(err.message); }
+        };
         await new Promise((r) => setTimeout(r, 300));
         job = await api("GET", `/api/jobs/${job.id}`);
       }
