@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.harness import Server, run_cli
-from tests.helpers import ask, authed, request
+from tests.helpers import ask, authed, request, training_form
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
@@ -48,16 +48,8 @@ class Api:
                 return response.status, await response.text()
 
     def form(self, csv_bytes: bytes | None = None, **fields) -> aiohttp.FormData:
-        data = aiohttp.FormData()
-        data.add_field("data", csv_bytes if csv_bytes is not None
-                       else self.workspace.data.read_bytes(),
-                       filename="prices.csv", content_type="text/csv")
-        defaults = {"strat": "api", "model": "DecisionTree", "type": "class",
-                    "target": "direction", "window": "2", "features": "point1,point2"}
-        for name, value in {**defaults, **fields}.items():
-            if value is not None:
-                data.add_field(name, value)
-        return data
+        return training_form(self.workspace.data.read_bytes() if csv_bytes is None else csv_bytes,
+                             **fields)
 
     async def train(self, **fields) -> dict:
         status, job = await self.call("POST", "/models", data=self.form(**fields))

@@ -12,6 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import attrs
 import pytest
 
@@ -85,6 +86,19 @@ async def authed(client, key: str):
     await ws.send_str(key)
     assert json.loads(await ws.receive_str(timeout=5)) == VALID_KEY
     return ws
+
+
+async def refused(client, first_frame: str | bytes) -> tuple[dict, int]:
+    """The answer to a first frame the server refuses, and the close code that follows."""
+    ws = await client.ws_connect("/ws")
+    if isinstance(first_frame, bytes):
+        await ws.send_bytes(first_frame)
+    else:
+        await ws.send_str(first_frame)
+    answer = json.loads(await ws.receive_str(timeout=5))
+    closing = await ws.receive(timeout=5)
+    assert closing.type == aiohttp.WSMsgType.CLOSE
+    return answer, ws.close_code
 
 
 async def ask(ws, frame: str | dict) -> dict:

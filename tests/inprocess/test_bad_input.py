@@ -20,7 +20,7 @@ from tests.cases import API_KEY_MISMATCH, BAD_FRAMES, NOT_FOUND, NOT_JSON, P
 from tests.harness import write_config
 from tests.helpers import request
 
-from .conftest import ask, authed
+from .conftest import ask, authed, refused
 
 NEW = "New model configuration added, prediction made"
 BINARY = "Binary frames are not accepted; send each request as a JSON text frame."
@@ -211,20 +211,11 @@ async def test_the_rate_limit_counts_bad_frames_too(limited_client, prepared):
         "slow down.")}
 
 
-async def _refused(client, key: str) -> tuple[dict, int]:
-    ws = await client.ws_connect("/ws")
-    await ws.send_str(key)
-    answer = json.loads(await ws.receive_str(timeout=5))
-    closing = await ws.receive(timeout=5)
-    assert closing.type == aiohttp.WSMsgType.CLOSE
-    return answer, ws.close_code
-
-
 async def test_the_connection_limit_per_account(limited_client, prepared):
     client = await limited_client(max_connections_per_account=2)
     one = await authed(client, prepared.other_key)
     two = await authed(client, prepared.other_key)
-    assert await _refused(client, prepared.other_key) == (LIMIT_REACHED, 1008)
+    assert await refused(client, prepared.other_key) == (LIMIT_REACHED, 1008)
     # The limit is the account's: the first account still connects.
     mine = await authed(client, prepared.key)
     assert (await ask(two, request()))["message"] == NOT_FOUND  # still open and served

@@ -20,7 +20,7 @@ import pytest
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
 from tests.harness import write_config, write_prices
-from tests.helpers import request
+from tests.helpers import request, training_form
 
 from .conftest import ask, authed
 
@@ -75,15 +75,8 @@ class Api:
         return found
 
     def form(self, csv_bytes: bytes | None = None, **fields) -> aiohttp.FormData:
-        data = aiohttp.FormData()
-        data.add_field("data", self.prepared.data.read_bytes() if csv_bytes is None
-                       else csv_bytes, filename="prices.csv", content_type="text/csv")
-        defaults = {"strat": "api", "model": "DecisionTree", "type": "class",
-                    "target": "direction", "window": "2", "features": "point1,point2"}
-        for name, value in {**defaults, **fields}.items():
-            if value is not None:
-                data.add_field(name, value)
-        return data
+        return training_form(self.prepared.data.read_bytes() if csv_bytes is None else csv_bytes,
+                             **fields)
 
     async def finished(self, job: dict, timeout: float = 60.0) -> tuple[dict, list[float]]:
         """Follow a job on /api/jobs/{id} until it ends; the job and the progress seen."""

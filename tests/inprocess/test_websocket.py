@@ -11,24 +11,12 @@ import pytest
 from nember_core.services import TrainingRequest
 from tests.helpers import REQUEST, request
 
-from .conftest import VALID_KEY, ask, authed
+from .conftest import VALID_KEY, ask, authed, refused
 
 NEW = "New model configuration added, prediction made"
 EXISTING = "Existing model data used for prediction"
 NOT_FOUND = "Model configuration not found in the backend."
 INVALID = {"status": "error", "message": "Invalid API key."}
-
-
-async def _refused(client, first_frame: str | bytes) -> tuple[dict, int]:
-    ws = await client.ws_connect("/ws")
-    if isinstance(first_frame, bytes):
-        await ws.send_bytes(first_frame)
-    else:
-        await ws.send_str(first_frame)
-    answer = json.loads(await ws.receive_str(timeout=5))
-    closing = await ws.receive(timeout=5)
-    assert closing.type == aiohttp.WSMsgType.CLOSE
-    return answer, ws.close_code
 
 
 async def test_answers_in_order_with_seq_num_new_then_existing(client, prepared):
@@ -51,7 +39,7 @@ async def test_answers_in_order_with_seq_num_new_then_existing(client, prepared)
     ids=["unknown", "empty", "blank", "over-long", "not-a-key", "binary"],
 )
 async def test_bad_keys_are_refused_with_1008(client, frame):
-    assert await _refused(client, frame) == (INVALID, 1008)
+    assert await refused(client, frame) == (INVALID, 1008)
 
 
 async def test_errors_answer_keep_the_connection_and_count_seq(client, prepared):
@@ -105,7 +93,7 @@ async def test_revoking_the_key_closes_its_sockets_with_4401(client, services):
     await services.keys.revoke(doomed.key.id)  # as the CLI does, from "another process"
     closing = await ws.receive(timeout=5)
     assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4401)
-    assert await _refused(client, doomed.secret) == (INVALID, 1008)
+    assert await refused(client, doomed.secret) == (INVALID, 1008)
 
 
 async def test_every_accepted_connection_is_charged_once_and_refused_ones_never(
@@ -116,7 +104,7 @@ async def test_every_accepted_connection_is_charged_once_and_refused_ones_never(
     for _ in range(3):
         ws = await authed(client, prepared.other_key)
         await ws.close()
-    await _refused(client, "nmb_wrong")
+    await refused(client, "nmb_wrong")
     after = await services.usage.report(owner.id)
     assert after.connections == before.connections + 3
     assert after.amount - before.amount == 3 * services.config.billing.price
@@ -148,7 +136,7 @@ async def test_a_failing_store_refuses_with_1013_uncharged_and_recovers(
         raise OSError("disk I/O error")
 
     monkeypatch.setattr(getattr(stores, store), method, down)
-    assert await _refused(client, prepared.other_key) == (UNAVAILABLE, 1013)
+    assert await refused(client, prepared.other_key) == (UNAVAILABLE, 1013)
     headers = {"Authorization": f"Bearer {prepared.other_key}"}
     monkeypatch.undo()  # the store is back: the next connection is served at once
     listed = await (await client.get("/api/connections", headers=headers)).json()
