@@ -21,6 +21,10 @@ class Forbidden(NemberError):
     """Allowed to others, not to this caller (an API key's scope)."""
 
 
+class TooManyAttempts(NemberError):
+    """Refused for now: too many recent attempts (failed logins)."""
+
+
 class InvalidData(NemberError):
     """Training data or parameters that cannot make a model."""
 

@@ -15,6 +15,7 @@ processes, never per message on the event loop, except the ``Predictor`` they bu
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -129,6 +130,20 @@ class KeyStore(Protocol):
     async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
         """Which of these keys are revoked now: how servers notice revocations made elsewhere."""
 
+    async def count_login_attempt(
+        self, limits: Mapping[str, int], window_seconds: float
+    ) -> str | None:
+        """Count one login attempt against each subject (opaque strings: a hashed email, a
+        hashed address), unless one of them already has ``limits[subject]`` attempts in the
+        last ``window_seconds``; return the attempt's id, or ``None`` to refuse it.
+
+        Checking and counting are one atomic step that every process and node sharing the
+        store sees: attempts sent all at once, or spread over nodes, can't slip under a limit.
+        """
+
+    async def forget_login_attempt(self, attempt_id: str) -> None:
+        """That attempt succeeded: it no longer counts against its subjects."""
+
     async def close(self) -> None: ...
 
 
@@ -144,6 +159,16 @@ class BillingLedger(Protocol):
     async def charges(self, account_id: str) -> list[Charge]: ...
 
     async def usage(self, account_id: str) -> list[ConnectionUsage]: ...
+
+    async def unclosed_usage(self, opened_before: datetime, limit: int,
+                             opened_after: datetime | None = None) -> list[ConnectionUsage]:
+        """The first ``limit`` usage rows without ``closed_at`` opened between the two times,
+        by ``opened_at``, of every account: live connections, and those of a process killed
+        outright. The next page starts after the last row's ``opened_at``."""
+
+    async def close_abandoned(self, usage: ConnectionUsage) -> bool:
+        """Store how a connection whose process died ended, unless its row is closed by now
+        (its own process wins); ``True`` when this closed it."""
 
     async def close(self) -> None: ...
 
@@ -198,6 +223,9 @@ class ConnectionRegistry(Protocol):
 
     async def close_connection(self, connection_id: str, code: int, reason: str) -> bool:
         """Start closing a connection wherever it lives; False when there is no such one."""
+
+    async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
+        """Which of these connections are live on some process now (any account)."""
 
     async def close(self) -> None: ...
 

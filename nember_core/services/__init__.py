@@ -31,7 +31,8 @@ class Services:
                  jobs: TrainingJobs | None = None):
         self.config = config
         self.stores = stores
-        self.accounts = Accounts(stores, config.dashboard.session_hours)
+        self.accounts = Accounts(stores, config.dashboard.session_hours,
+                                 config.dashboard.login_attempts_per_minute)
         self.keys = Keys(stores)
         self.models = Models(stores, families, jobs)
         self.connections = Connections(stores)

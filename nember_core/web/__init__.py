@@ -26,4 +26,4 @@ def add_routes(app: web.Application, settings: DashboardConfig) -> None:
     for module in (keys, models, families, connections, usage):
         module.add_routes(app.router)
     if settings.enabled:
-        dashboard.add_routes(app, settings.login_attempts_per_minute)
+        dashboard.add_routes(app)

@@ -9,11 +9,19 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from nember_core.errors import AlreadyExists, Forbidden, InvalidData, NemberError, NotFound
+from nember_core.errors import (
+    AlreadyExists,
+    Forbidden,
+    InvalidData,
+    NemberError,
+    NotFound,
+    TooManyAttempts,
+)
 
 log = structlog.get_logger("nember.api")
 
-STATUS = {NotFound: 404, AlreadyExists: 409, InvalidData: 422, Forbidden: 403}
+STATUS = {NotFound: 404, AlreadyExists: 409, InvalidData: 422, Forbidden: 403,
+          TooManyAttempts: 429}
 
 
 class ApiError(Exception):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -55,6 +56,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 MIGRATIONS = [
     # 1: key scopes. Keys made before them keep every right they had.
     "ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'manage'",
+    # 2: login attempts, counted here so that every server process sees every one.
+    """CREATE TABLE login_attempts (
+        attempt TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX login_attempts_subject ON login_attempts(subject, at);
+    CREATE INDEX login_attempts_at ON login_attempts(at)""",
 ]
 
 _KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at, scope"
@@ -207,3 +216,28 @@ class SqliteKeyStore:
             )
             revoked.update(row[0] for row in rows)
         return revoked
+
+    async def count_login_attempt(
+        self, limits: Mapping[str, int], window_seconds: float
+    ) -> str | None:
+        now = time.time()
+        attempt = new_id("login")
+        # One write transaction: the counts and the insert see no other attempt in between.
+        async with self._db.transaction() as db:
+            await db.execute("DELETE FROM login_attempts WHERE at < ?", (now - window_seconds,))
+            for subject, limit in limits.items():
+                cursor = await db.execute(
+                    "SELECT COUNT(*) FROM login_attempts WHERE subject = ?", (subject,)
+                )
+                (count,) = await cursor.fetchone()
+                if count >= limit:
+                    return None
+            await db.executemany(
+                "INSERT INTO login_attempts (attempt, subject, at) VALUES (?, ?, ?)",
+                [(attempt, subject, now) for subject in limits],
+            )
+        return attempt
+
+    async def forget_login_attempt(self, attempt_id: str) -> None:
+        async with self._db.transaction() as db:
+            await db.execute("DELETE FROM login_attempts WHERE attempt = ?", (attempt_id,))

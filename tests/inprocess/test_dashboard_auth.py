@@ -212,13 +212,29 @@ async def test_the_default_limit_is_ten_failed_logins(client):
 
 
 async def test_a_spray_from_one_address_is_stopped_and_success_does_not_reset_it(site):
-    emails = [f"victim{i}@example.com" for i in range(LIMIT * 10)]
-    for email in emails[:-1]:
-        assert (await login(site, email, "guess-1"))[:2] == (401, WRONG)
-    assert (await login(site, OTHER_EMAIL, PASSWORD))[0] == 200  # the sprayer's own account
-    assert (await login(site, emails[-1], "guess-1"))[:2] == (401, WRONG)
-    # Ten times the limit from this address within the minute: the next one must wait.
-    assert (await login(site, "victim-next@example.com", "guess-1"))[:2] == (429, LIMITED)
+    # From an address of its own: the data folder, and so the count per address, is shared
+    # with the other tests.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(site.make_url("/"), connector=connector) as sprayer:
+        emails = [f"victim{i}@example.com" for i in range(LIMIT * 10)]
+        for email in emails[:-1]:
+            assert (await login(sprayer, email, "guess-1"))[:2] == (401, WRONG)
+        assert (await login(sprayer, OTHER_EMAIL, PASSWORD))[0] == 200  # its own account
+        assert (await login(sprayer, emails[-1], "guess-1"))[:2] == (401, WRONG)
+        # Ten times the limit from this address within the minute: the next one must wait.
+        assert (await login(sprayer, "victim-next@example.com", "guess-1"))[:2] == (429, LIMITED)
+
+
+async def test_failed_logins_count_on_every_server_sharing_the_stores(site, aiohttp_client,
+                                                                      prepared, tmp_path):
+    # Another server on the same stores, as ``--workers`` or a second node runs: the attempts
+    # made on either count on both, even sent to both at once.
+    other = await aiohttp_client(_site_app(prepared, tmp_path / "other", allow_signup=True,
+                                           login_attempts_per_minute=LIMIT))
+    results = await asyncio.gather(*(login(server, "split@example.com", f"guess-{i}")
+                                     for i in range(10) for server in (site, other)))
+    statuses = sorted(status for status, *_ in results)
+    assert statuses == [401] * LIMIT + [429] * (20 - LIMIT)
 
 
 async def test_attempts_sent_all_at_once_are_limited_too(site):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from nember_sqlite.key_store import SqliteKeyStore
+from nember_sqlite.key_store import MIGRATIONS, SqliteKeyStore
 
 from nember_core.errors import Forbidden, InvalidData
 from tests.helpers import request
@@ -110,6 +110,6 @@ async def test_keys_made_before_scopes_keep_every_right(tmp_path):
         assert (await store.authenticate(new.secret)).scope == "predict"
     finally:
         await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (1,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     reopened = await SqliteKeyStore.open(path)  # upgrading is done once
     await reopened.close()
