@@ -25,6 +25,7 @@ log = structlog.get_logger("nember.server")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 WS_PATH = "/ws"
+SWEEP_SECONDS = 60.0  # how often usage rows left open by a killed process are looked for
 
 
 def create_app(nember: Nember) -> web.Application:
@@ -68,6 +69,7 @@ def create_app(nember: Nember) -> web.Application:
                 asyncio.create_task(
                     gateway.watch_revocations(server.revocation_check_interval)
                 ),
+                asyncio.create_task(gateway.close_abandoned_forever(SWEEP_SECONDS)),
             ):
                 opened.push_async_callback(_cancelled, task)
             yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import attrs
 import structlog
@@ -28,6 +29,11 @@ log = structlog.get_logger("nember.ws")
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
+# An open usage row that no live process holds, this long after it opened, is a dead
+# process's: a registry forgets such a process within seconds.
+ABANDONED_AFTER_SECONDS = 30.0
+ABANDONED = (WSCloseCode.ABNORMAL_CLOSURE, "server process ended")  # 1006
+SWEEP_PAGE = 500
 
 
 @attrs.define(eq=False)
@@ -231,6 +237,35 @@ class Gateway:
                     )
                     self._closers.add(task)
                     task.add_done_callback(self._closers.discard)
+
+    async def close_abandoned_forever(self, interval: float) -> None:
+        """Close, now and every ``interval`` seconds, the usage rows that a process killed
+        outright left open (its connections' ends were never recorded)."""
+        while True:
+            try:
+                await self.close_abandoned()
+            except Exception as exc:  # a store outage: try again next time
+                log.error("usage.sweep_failed", error=repr(exc)[:200])
+            await asyncio.sleep(interval)
+
+    async def close_abandoned(self, older_than: float = ABANDONED_AFTER_SECONDS) -> int:
+        """Close the open usage rows, opened over ``older_than`` seconds ago, of connections
+        that no process holds: as lost (1006), counts unknown. A connection only between
+        leaving the registry and recording its end is overwritten by its own record."""
+        before = utcnow() - timedelta(seconds=older_than)
+        closed, after = 0, None
+        while rows := await self.stores.billing.unclosed_usage(before, SWEEP_PAGE, after):
+            live = await self.stores.registry.live_among(row.connection_id for row in rows)
+            for usage in rows:
+                if usage.connection_id in live or usage.connection_id in self.live:
+                    continue
+                usage.closed_at = utcnow()
+                usage.close_code, usage.close_reason = ABANDONED
+                closed += await self.stores.billing.close_abandoned(usage)
+            after = rows[-1].opened_at
+        if closed:
+            log.warning("usage.closed_abandoned", connections=closed)
+        return closed
 
     async def drain(self) -> None:
         """Until every ended connection is recorded (before the stores close)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable
 
 from nember_core.plugin_api import (
     CloseConnection,
@@ -53,6 +54,9 @@ class MemoryConnectionRegistry:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return True
+
+    async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
+        return {conn_id for conn_id in connection_ids if conn_id in self._by_id}
 
     async def close(self) -> None:
         self._by_id.clear()

@@ -37,9 +37,20 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_account ON usage(account_id, opened_at);
 """
 
+MIGRATIONS = [
+    # 1: finding the rows still open (live, or of a process killed outright) stays cheap.
+    "CREATE INDEX usage_unclosed ON usage(opened_at) WHERE closed_at IS NULL",
+]
+_USAGE_COLUMNS = ("connection_id, account_id, key_id, remote, opened_at, closed_at, close_code, "
+                  "close_reason, predictions, errors")
+
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+def _usage(row) -> ConnectionUsage:
+    return ConnectionUsage(row[0], row[1], row[2], row[3], _time(row[4]), _time(row[5]), *row[6:])
 
 
 class SqliteBillingLedger:
@@ -48,7 +59,7 @@ class SqliteBillingLedger:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBillingLedger:
-        return cls(await Database.open(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA, migrations=MIGRATIONS))
 
     async def close(self) -> None:
         await self._db.close()
@@ -82,13 +93,20 @@ class SqliteBillingLedger:
         return charge
 
     async def record_usage(self, usage: ConnectionUsage) -> None:
+        await self._update_usage(usage, "")
+
+    async def close_abandoned(self, usage: ConnectionUsage) -> bool:
+        return await self._update_usage(usage, " AND closed_at IS NULL") == 1
+
+    async def _update_usage(self, usage: ConnectionUsage, condition: str) -> int:
         async with self._db.transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, "
-                "predictions = ?, errors = ? WHERE connection_id = ?",
+                f"predictions = ?, errors = ? WHERE connection_id = ?{condition}",
                 (usage.closed_at.isoformat() if usage.closed_at else None, usage.close_code,
                  usage.close_reason, usage.predictions, usage.errors, usage.connection_id),
             )
+            return cursor.rowcount
 
     async def charges(self, account_id: str) -> list[Charge]:
         rows = await self._db.read(
@@ -100,10 +118,17 @@ class SqliteBillingLedger:
 
     async def usage(self, account_id: str) -> list[ConnectionUsage]:
         rows = await self._db.read(
-            "SELECT connection_id, account_id, key_id, remote, opened_at, closed_at, close_code, "
-            "close_reason, predictions, errors FROM usage WHERE account_id = ? ORDER BY opened_at",
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE account_id = ? ORDER BY opened_at",
             (account_id,),
         )
-        return [
-            ConnectionUsage(r[0], r[1], r[2], r[3], _time(r[4]), _time(r[5]), *r[6:]) for r in rows
-        ]
+        return [_usage(row) for row in rows]
+
+    async def unclosed_usage(self, opened_before: datetime, limit: int,
+                             opened_after: datetime | None = None) -> list[ConnectionUsage]:
+        after = opened_after.isoformat() if opened_after else ""
+        rows = await self._db.read(
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE closed_at IS NULL AND opened_at < ? "
+            "AND opened_at > ? ORDER BY opened_at LIMIT ?",
+            (opened_before.isoformat(), after, limit),
+        )
+        return [_usage(row) for row in rows]

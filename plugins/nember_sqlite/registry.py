@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -164,6 +165,19 @@ class SqliteConnectionRegistry:
                 (connection_id, row[0], code, reason),
             )
         return True
+
+    async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
+        ids = list(set(connection_ids))
+        live: set[str] = set()
+        for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
+            chunk = ids[start : start + 500]
+            rows = await self._db.read(
+                "SELECT id FROM connections JOIN instances USING (instance) "
+                f"WHERE id IN ({','.join('?' * len(chunk))}) AND seen_at >= ?",
+                (*chunk, self._alive_since()),
+            )
+            live.update(row[0] for row in rows)
+        return live
 
     def _start_closing(self, close: CloseConnection, code: int, reason: str) -> None:
         # Start the close handshake and return: a slow peer must not hold up the caller.

@@ -82,6 +82,36 @@ async def test_charge_survives_sigkill_right_after_the_auth_answer(trained, tmp_
     assert usage[opened[-1]["connection_id"]][0] is None  # never closed cleanly: no close time
 
 
+async def test_usage_left_open_by_a_killed_server_is_closed_by_the_next(trained, tmp_path,
+                                                                        servers):
+    killed = own_server(servers, trained, tmp_path / "killed")
+    async with aiohttp.ClientSession() as session:
+        ws = await authed(session, killed.url, trained.key)
+        await ask(ws, request())
+        killed.kill()
+        await ws.close()
+    orphan = killed.events("connection.open")[-1]["connection_id"]
+    # What half a minute of waiting would do: the row is older than a live server's pending
+    # records can be, and the registry has forgotten the dead process (5 heartbeats).
+    db = sqlite3.connect(trained.folder / "data" / "billing.sqlite3")
+    with db:
+        db.execute("UPDATE usage SET opened_at = '2026-01-01T00:00:00+00:00' "
+                   "WHERE connection_id = ?", (orphan,))
+    db.close()
+    await asyncio.sleep(6)
+    survivor = own_server(servers, trained, tmp_path / "survivor")
+    async with aiohttp.ClientSession() as session:
+        live = await authed(session, survivor.url, trained.key)  # open, and must stay so
+        deadline = time.monotonic() + 10
+        while ledger(trained)[1][orphan][0] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        closed_at, code, reason, *_ = ledger(trained)[1][orphan]
+        assert closed_at is not None and (code, reason) == (1006, "server process ended")
+        assert await ask(live, request()) and not live.closed
+        mine = survivor.events("connection.open")[-1]["connection_id"]
+        assert ledger(trained)[1][mine][0] is None
+
+
 async def test_sigterm_closes_connections_with_1001_records_usage_and_exits_0(
     trained, tmp_path, servers
 ):

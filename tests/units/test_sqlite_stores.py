@@ -106,3 +106,32 @@ async def test_a_cancel_request_survives_the_owners_next_progress_write(tmp_path
         assert (await board.read("job_1")).progress == 0.5
     finally:
         await board.close()
+
+
+async def test_unclosed_usage_pages_by_age_and_a_recorded_end_wins(tmp_path):
+    ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    try:
+        for i in range(5):
+            await ledger.charge(_usage(f"u{i}"), Decimal(1), "USD")
+        ended = _usage("u0")
+        ended.closed_at, ended.close_code, ended.close_reason = utcnow(), 1000, "closed by client"
+        await ledger.record_usage(ended)
+        now = utcnow()
+        first = await ledger.unclosed_usage(now, 2)
+        rest = await ledger.unclosed_usage(now, 10, first[-1].opened_at)
+        assert [u.connection_id for u in first + rest] == ["u1", "u2", "u3", "u4"]
+        assert await ledger.unclosed_usage(first[0].opened_at, 10) == []  # none older
+        # The sweep's guess never overwrites an end its own process recorded...
+        guess = _usage("u0")
+        guess.closed_at, guess.close_code, guess.close_reason = now, 1006, "server process ended"
+        assert not await ledger.close_abandoned(guess)
+        guess.connection_id = "u1"
+        assert await ledger.close_abandoned(guess)
+        # ...and that process's own record, arriving late, overwrites the guess.
+        late = _usage("u1")
+        late.closed_at, late.close_code, late.close_reason = now, 1000, "closed by client"
+        await ledger.record_usage(late)
+        rows = {u.connection_id: u for u in await ledger.usage("acct_1")}
+    finally:
+        await ledger.close()
+    assert (rows["u0"].close_code, rows["u1"].close_code) == (1000, 1000)
