@@ -13,6 +13,9 @@ import pytest
 
 from tests.harness import Server, Workspace, run_cli, write_config, write_prices
 
+# PostgreSQL and Redis, for the stores several nodes share.
+from tests.shared_services import postgres_dsn, redis_prefix, redis_url  # noqa: F401
+
 
 class ServerStarter:
     """``start(config, command="serve", env=None, kind=Server)`` starts a server and returns
