@@ -93,6 +93,10 @@ class Provider(Generic[T]):
     default: bool = False
     # Do instances in several processes (``--workers``, several nodes) see the same state?
     shared_across_processes: bool = True
+    # For a store that keeps a versioned schema in a shared database: create or upgrade it
+    # without opening the store for service, and return what was done, one line each (what
+    # ``nember db upgrade`` prints). Embedded stores upgrade their files when opened.
+    upgrade: Callable[[Any, PluginContext], Awaitable[list[str]]] | None = None
 
 
 class KeyStore(Protocol):

@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import getpass
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from nember_core import __version__
+from nember_core.config import ROLES
 from nember_core.errors import NemberError
+from nember_core.plugin_api import PluginContext
 from nember_core.rules import SCOPES
 from nember_core.services import Services, TrainingRequest
 
@@ -79,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("families", parents=[common], help="list the installed model families")
+
+    db = sub.add_parser("db", parents=[common], help="the shared stores' database schema")
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "upgrade", parents=[common],
+        help="create or upgrade the schema of every configured store that keeps one (postgres)",
+    )
     return parser
 
 
@@ -122,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
         for name, family in sorted(nember.families.items()):
             print(f"{name}\t{family.library_version}")
         return 0
+    if args.command == "db":
+        return asyncio.run(_db_upgrade(nember))
     handler = COMMANDS[(args.command, getattr(args, "action", None))]
 
     async def run() -> int:
@@ -129,6 +141,26 @@ def _run(args: argparse.Namespace) -> int:
             return await handler(services, args)
 
     return asyncio.run(run())
+
+
+async def _db_upgrade(nember: Nember) -> int:
+    """Apply the migrations of every configured store whose provider has ``upgrade`` (the
+    stores shared by several nodes); the embedded ones upgrade themselves when opened."""
+    config = nember.config
+    context = PluginContext(data_dir=config.data_dir,
+                            node=config.server.node or socket.gethostname())
+    upgraded = 0
+    for role in ROLES:
+        provider = nember.provider(role)
+        if provider.upgrade is None:
+            continue
+        for line in await provider.upgrade(config.section(role).options, context):
+            print(f"{role} ({provider.name}): {line}")
+        upgraded += 1
+    if not upgraded:
+        print("no configured store keeps a schema to upgrade: the embedded ones upgrade "
+              "themselves when opened")
+    return 0
 
 
 def _password() -> str:

@@ -10,8 +10,9 @@ suite knows no options for is skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -19,22 +20,26 @@ from nember_core.app.nember import Nember
 from nember_core.plugin_api import PluginContext
 from nember_core.plugins import collect_providers, plugin_manager
 from tests.harness import write_config
+from tests.shared_services import REDIS, fresh_database, fresh_redis_prefix
 
 
-def _postgres(request) -> dict:
-    return {"dsn": request.getfixturevalue("postgres_dsn")}
+async def _postgres(opened: contextlib.AsyncExitStack) -> dict:
+    return {"dsn": await opened.enter_async_context(fresh_database())}
 
 
-def _redis(request) -> dict:
-    return {"url": request.getfixturevalue("redis_url"),
-            "prefix": request.getfixturevalue("redis_prefix")}
+async def _redis(opened: contextlib.AsyncExitStack) -> dict:
+    return {"url": REDIS, "prefix": await opened.enter_async_context(fresh_redis_prefix())}
+
+
+async def _none(opened: contextlib.AsyncExitStack) -> dict:
+    return {}
 
 
 # The options of each plugin that needs a service; the embedded ones need none.
-OPTIONS: dict[str, Callable[[pytest.FixtureRequest], dict]] = {
-    "sqlite": lambda request: {},
-    "local_disk": lambda request: {},
-    "memory": lambda request: {},
+OPTIONS: dict[str, Callable[[contextlib.AsyncExitStack], Awaitable[dict]]] = {
+    "sqlite": _none,
+    "local_disk": _none,
+    "memory": _none,
     "postgres": _postgres,
     "redis": _redis,
 }
@@ -62,7 +67,8 @@ async def open_store(plugin, provider, request, tmp_path):
     opened as a server would from its config section; all share one store.
     ``await open_store.close(instance)`` closes one early; the rest close after the test."""
     role = request.module.ROLE
-    section = {"plugin": plugin, **OPTIONS[plugin](request)}
+    services = contextlib.AsyncExitStack()
+    section = {"plugin": plugin, **await OPTIONS[plugin](services)}
     config = write_config(tmp_path, data_dir=tmp_path / "data", **{role: section})
     nember = Nember.load(str(config))
     opened = []
@@ -81,9 +87,10 @@ async def open_store(plugin, provider, request, tmp_path):
         await store.close()
 
     open_one.close = close_one
-    yield open_one
-    for store in reversed(opened):
-        await store.close()
+    async with services:  # the database or keys dropped once every instance is closed
+        yield open_one
+        for store in reversed(opened):
+            await store.close()
 
 
 @pytest.fixture

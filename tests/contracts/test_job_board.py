@@ -24,7 +24,7 @@ async def test_a_job_reads_back_as_last_written(store):
     written = job(state="running", progress=0.4, stage="fitting")
     await store.write([written], keep=100)
     assert await store.read(written.id) == written
-    done = attrs.evolve(written, state="done", progress=1.0, stage="done", model_id="mdl_1-v3",
+    done = attrs.evolve(written, state="succeeded", progress=1.0, stage="done", model_id="mdl_1-v3",
                         version=3, finished_at=utcnow())
     await store.write([done], keep=100)
     assert await store.read(written.id) == done

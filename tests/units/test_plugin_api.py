@@ -46,7 +46,7 @@ def test_workers_refuse_a_store_that_is_not_shared_across_processes(tmp_path):
         tmp_path, connection_registry={"plugin": "memory"}, server={"port": 8765})))
     assert not nember.provider("connection_registry").shared_across_processes
     with pytest.raises(ConfigError, match="'memory' keeps each process's state to itself; "
-                                          r"2 workers need a shared one \(sqlite\)"):
+                                          r"2 workers need a shared one \(redis, sqlite\)"):
         check_shareable(nember, 2, 8765)
     shared = Nember.load(str(write_config(tmp_path / "shared", server={"port": 8765})))
     check_shareable(shared, 2, 8765)  # the defaults are shared: no error
