@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from nember_core.records import ModelMeta, TrainingJob
 from nember_core.services import TrainingRequest
@@ -104,7 +105,8 @@ async def train_model(request: web.Request) -> web.Response:
 async def _read_form(request: web.Request, path, limit: int) -> dict[str, str]:
     try:
         return await _form_fields(request, path, limit)
-    except (ValueError, UnicodeDecodeError):  # aiohttp's parser on a malformed body
+    # aiohttp's parser on a malformed body; BadHttpMessage: a part's header it can't read
+    except (ValueError, UnicodeDecodeError, BadHttpMessage):
         raise ApiError(400, "The body is not a valid multipart/form-data form with UTF-8 "
                             "fields.") from None
 

@@ -1,13 +1,14 @@
 """The OpenAPI 3.1 description of the REST API, served at ``/api/openapi.json``.
 
-A test checks that its paths and methods are exactly the app's ``/api/`` routes.
+A test checks that its paths and methods are exactly the app's ``/api/`` routes; schemathesis
+(tests/inprocess/test_openapi_conformance.py) that every answer is one it describes.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from nember_core import __version__
+from nember_core import __version__, rules
 
 
 def _ref(name: str) -> dict:
@@ -23,9 +24,19 @@ def _list_of(name: str) -> dict:
             "properties": {"items": {"type": "array", "items": _ref(name)}}}
 
 
+def _all(properties: dict) -> dict:
+    """An object that always has every one of ``properties`` (some may be null)."""
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
 ERROR = _json(_ref("Error"), "An error, as one clear sentence")
 TIME = {"type": ["string", "null"], "format": "date-time"}
 ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+NAME = {"type": "string", "minLength": 1, "maxLength": rules.MAX_NAME}
+MODEL_TYPE = {"enum": list(rules.MODEL_TYPES)}
+COUNTS = {"connections": {"type": "integer"}, "predictions": {"type": "integer"},
+          "errors": {"type": "integer"},
+          "amount": {"type": "string", "description": "Decimal, exact"}}
 
 
 def _errors(*codes: int) -> dict:
@@ -33,59 +44,58 @@ def _errors(*codes: int) -> dict:
     return {str(code): ERROR for code in (401, 403, *codes)}
 
 
-SCOPE = {"enum": ["predict", "read", "manage"],
+SCOPE = {"enum": list(rules.SCOPES),
          "description": "predict: /ws only; read: and the GET routes; manage: every route"}
 
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "string"}}},
-    "Key": {"type": "object", "properties": {
+    "Key": _all({
         "id": {"type": "string"}, "name": {"type": "string"}, "prefix": {"type": "string"},
         "scope": SCOPE, "created_at": TIME, "revoked_at": TIME,
-        "live_connections": {"type": "integer"}}},
+        "live_connections": {"type": "integer"}}),
     "NewKey": {"allOf": [_ref("Key"), {"type": "object", "required": ["key"], "properties": {
         "key": {"type": "string", "description": "The full API key, shown only this once."}}}]},
-    "Model": {"type": "object", "properties": {
+    "Model": _all({
         "id": {"type": "string", "description": "This version: model_id-vN"},
         "model_id": {"type": "string", "description": "The model, every version"},
         "strat": {"type": "string"}, "model": {"type": "string"},
-        "type": {"enum": ["class", "reg"]}, "version": {"type": "integer"},
+        "type": MODEL_TYPE, "version": {"type": "integer"},
         "latest": {"type": "boolean"}, "features": {"type": "array", "items": {"type": "string"}},
         "window": {"type": "integer"}, "target": {"type": "string"},
         "classes": {"type": ["array", "null"]}, "params": {"type": "object"},
         "metrics": {"type": "object"}, "samples": {"type": "integer"},
         "family_version": {"type": "string"}, "trained_at": TIME,
         "training_seconds": {"type": "number"},
-        "request_example": {"type": "object", "description": "A websocket request to paste"}}},
-    "Job": {"type": "object", "properties": {
+        "request_example": {"type": "object", "description": "A websocket request to paste"}}),
+    "Job": _all({
         "id": {"type": "string"},
         "state": {"enum": ["queued", "running", "succeeded", "failed"]},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
         "stage": {"type": "string"}, "error": {"type": ["string", "null"]},
         "model_id": {"type": ["string", "null"], "description": "The trained version's id"},
         "version": {"type": ["integer", "null"]}, "strat": {"type": "string"},
-        "model": {"type": "string"}, "type": {"type": "string"},
-        "created_at": TIME, "finished_at": TIME}},
-    "Connection": {"type": "object", "properties": {
+        "model": {"type": "string"}, "type": MODEL_TYPE,
+        "created_at": TIME, "finished_at": TIME}),
+    "Connection": _all({
         "id": {"type": "string"}, "key_id": {"type": "string"}, "key_name": {"type": "string"},
         "remote": {"type": "string"}, "node": {"type": "string"}, "opened_at": TIME,
         "predictions": {"type": "integer"}, "errors": {"type": "integer"},
-        "last_request_at": TIME}},
-    "ConnectionUsage": {"type": "object", "properties": {
+        "last_request_at": TIME}),
+    "ConnectionUsage": _all({
         "connection_id": {"type": "string"}, "key_id": {"type": "string"},
         "remote": {"type": "string"}, "opened_at": TIME, "closed_at": TIME,
         "close_code": {"type": ["integer", "null"]},
         "close_reason": {"type": ["string", "null"]}, "live": {"type": "boolean"},
         "predictions": {"type": "integer"}, "errors": {"type": "integer"},
-        "amount": {"type": "string", "description": "Decimal, exact"},
-        "currency": {"type": "string"}}},
-    "Usage": {"type": "object", "required": ["items", "days", "totals", "currency"],
-              "properties": {
-                  "currency": {"type": "string"},
-                  "items": {"type": "array", "items": _ref("ConnectionUsage")},
-                  "days": {"type": "array", "items": {"type": "object"}},
-                  "totals": {"type": "object"}}},
+        "amount": COUNTS["amount"], "currency": {"type": "string"}}),
+    "Usage": _all({
+        "currency": {"type": "string"},
+        "items": {"type": "array", "items": _ref("ConnectionUsage")},
+        "days": {"type": "array", "items": _all({
+            "day": {"type": "string", "format": "date", "description": "UTC"}, **COUNTS})},
+        "totals": _all(COUNTS)}),
 }
 
 PATHS = {
@@ -96,13 +106,13 @@ PATHS = {
         "get": {"summary": "The account's API keys",
                 "responses": {"200": _json(_list_of("Key"), "Keys"), **_errors()}},
         "post": {"summary": "Create an API key",
-                 "requestBody": {"content": {"application/json": {"schema": {
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "object", "properties": {
-                         "name": {"type": "string"},
+                         "name": {**NAME, "default": "default"},
                          "scope": {**SCOPE, "default": "predict",
                                    "description": "At most the caller's own scope"}}}}}},
                  "responses": {"201": _json(_ref("NewKey"), "The new key, shown once"),
-                               **_errors(400, 422)}}},
+                               **_errors(400, 413, 422)}}},
     "/api/keys/{id}": {"delete": {
         "summary": "Revoke a key; its live connections close with 4401",
         "parameters": ID_PARAM,
@@ -114,12 +124,14 @@ PATHS = {
                  "requestBody": {"required": True, "content": {"multipart/form-data": {
                      "schema": {"type": "object", "required": ["data", "strat", "model", "type",
                                                                "target"],
+                                "additionalProperties": False,  # others are refused, 422
                                 "properties": {
                                     "data": {"type": "string", "format": "binary"},
-                                    "strat": {"type": "string"}, "model": {"type": "string"},
-                                    "type": {"enum": ["class", "reg"]},
-                                    "target": {"type": "string"},
-                                    "window": {"type": "integer", "default": 1},
+                                    "strat": NAME, "model": {"type": "string", "minLength": 1},
+                                    "type": MODEL_TYPE,
+                                    "target": {"type": "string", "minLength": 1},
+                                    "window": {"type": "integer", "default": 1, "minimum": 1,
+                                               "maximum": rules.MAX_WINDOW},
                                     "features": {"type": "string",
                                                  "description": "Comma-separated"},
                                     "params": {"type": "string",
@@ -129,7 +141,9 @@ PATHS = {
     "/api/models/{id}": {"delete": {
         "summary": "Delete a version (model_id-vN) or a model with every version (model_id)",
         "parameters": ID_PARAM,
-        "responses": {"200": _json({"type": "object"}, "What was deleted"), **_errors(404)}}},
+        "responses": {"200": _json(_all({"deleted": {"type": "array", "items": {
+            "type": "string"}, "description": "The deleted versions' ids"}}), "What was deleted"),
+            **_errors(404)}}},
     "/api/jobs/{id}": {
         "get": {"summary": "A training job's state and progress", "parameters": ID_PARAM,
                 "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}},
@@ -139,16 +153,17 @@ PATHS = {
                    "responses": {"200": _json(_ref("Job"), "The job"), **_errors(404)}}},
     "/api/families": {"get": {
         "summary": "The installed model families",
-        "responses": {"200": _json({"type": "object", "properties": {"items": {
-            "type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "library_version": {"type": "string"}}}}}},
+        "responses": {"200": _json({"type": "object", "required": ["items"], "properties": {
+            "items": {"type": "array", "items": _all({
+                "name": {"type": "string"}, "library_version": {"type": "string"}})}}},
             "Families"), **_errors()}}},
     "/api/connections": {"get": {
         "summary": "The account's live websocket connections",
         "responses": {"200": _json(_list_of("Connection"), "Connections"), **_errors()}}},
     "/api/connections/{id}": {"delete": {
         "summary": "Close a live connection with code 4000", "parameters": ID_PARAM,
-        "responses": {"200": _json({"type": "object"}, "Closed"), **_errors(404)}}},
+        "responses": {"200": _json(_all({"id": {"type": "string"}, "closed": {"const": True}}),
+                                   "Closed"), **_errors(404)}}},
     "/api/usage": {"get": {
         "summary": "Charges and counts per connection and per day, with totals",
         "parameters": [{"name": "format", "in": "query", "required": False,

@@ -58,7 +58,8 @@ async def test_an_account_is_created_with_its_email_stripped_and_can_log_in(serv
     created = await services.accounts.create("  fresh@example.com ", "12345678")
     assert created.email == "fresh@example.com"
     assert (await services.accounts.by_email("fresh@example.com")).id == created.id
-    assert (await services.accounts.log_in(" fresh@example.com", "12345678", "127.0.0.1")).id == created.id
+    logged_in = await services.accounts.log_in(" fresh@example.com", "12345678", "127.0.0.1")
+    assert logged_in.id == created.id
     assert await services.accounts.log_in("fresh@example.com", "123456789", "127.0.0.1") is None
 
 
