@@ -7,6 +7,7 @@ file and the key. Each plugin validates its own keys through its ``Provider.opti
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import types
 import typing
@@ -69,7 +70,12 @@ class ServerConfig:
     training_workers: int = setting(
         1, "training jobs of the REST API run at once, shared fairly between accounts")
     training_timeout: float = setting(3600.0, "seconds a training job may run, then it fails")
+    training_memory_mb: int = setting(
+        4096, "MB of address space a training job's process may map, then the job fails; "
+              "0: no cap (nember train is never capped)")
     workers: int = setting(1, "processes sharing the port (SO_REUSEPORT); see --workers")
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "addresses or networks (CIDR) of proxies whose X-Forwarded-For names the client")
 
 
 @attrs.frozen
@@ -136,6 +142,8 @@ ROLES = {
 TOP_LEVEL = {"data_dir", "server", "log", "dashboard", *ROLES}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+# A training process maps about 0.4 GB (Python, numpy, scikit-learn...) before any data.
+MIN_TRAINING_MEMORY_MB = 512
 
 
 def config_path(explicit: str | None) -> tuple[Path | None, bool]:
@@ -264,11 +272,20 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
         ("training_timeout", server.training_timeout > 0, "a number of seconds > 0"),
+        ("training_memory_mb", server.training_memory_mb == 0
+         or server.training_memory_mb >= MIN_TRAINING_MEMORY_MB,
+         f"0 (no cap) or a size in MB >= {MIN_TRAINING_MEMORY_MB}"),
         ("workers", server.workers >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{where}: server.{key}: expected {expected}")
+    for proxy in server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: server.trusted_proxies: expected IP addresses or "
+                              f"networks such as 10.0.0.0/8, got {proxy!r}") from None
 
 
 def _reject_unknown(raw: dict, known: set[str], prefix: str, where: str) -> None:
@@ -338,6 +355,10 @@ def _structure(tp: Any, value: Any, key: str, where: str, base: Path) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key}: expected a string, got {_kind(value)}")
         return value
+    if origin is tuple and typing.get_args(tp) == (str, Ellipsis):
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: {key}: expected a list of strings, got {_kind(value)}")
+        return tuple(value)
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: {key}: expected a path, got {_kind(value)}")

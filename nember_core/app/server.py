@@ -17,6 +17,7 @@ from nember_core.serving.model_cache import ModelCache
 from nember_core.training.jobs import TrainingJobs
 from nember_core.trees.compiler import TreeCompiler
 from nember_core.web import CONTEXT, WebContext, add_routes, error_middleware
+from nember_core.web.forwarded import forwarded_middleware
 from nember_core.web.models import sweep_uploads
 
 from .nember import Nember
@@ -29,7 +30,10 @@ SWEEP_SECONDS = 60.0  # how often usage rows left open by a killed process are l
 
 
 def create_app(nember: Nember) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    middlewares = [error_middleware]
+    if nember.config.server.trusted_proxies:
+        middlewares.insert(0, forwarded_middleware(nember.config.server.trusted_proxies))
+    app = web.Application(middlewares=middlewares)
     state: dict[str, object] = {}
 
     async def lifecycle(app: web.Application):
@@ -56,7 +60,8 @@ def create_app(nember: Nember) -> web.Application:
             gateway = Gateway(nember.config, stores, cache)
             opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
-                                on_saved=cache.prefetch, timeout=server.training_timeout)
+                                on_saved=cache.prefetch, timeout=server.training_timeout,
+                                memory_mb=server.training_memory_mb)
             opened.push_async_callback(jobs.close)
             app[GATEWAY] = gateway
             app[CONTEXT] = WebContext(

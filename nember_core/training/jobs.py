@@ -7,15 +7,20 @@ same way the server does (the entry-point group), sends progress back through a 
 returns the trained model, which the server then stores through the configured model store.
 A process of its own per job is what lets a job be stopped: when it runs past
 ``server.training_timeout``, when its owner cancels it (from any server process, through the
-job board), or when the server stops. Job states are written to a ``JobBoard`` too, so that
+job board), or when the server stops. It is also what caps a job's memory: its process may map
+``server.training_memory_mb`` at most (Linux), so a huge upload or hyperparameters fail that
+job instead of filling the machine. Job states are written to a ``JobBoard`` too, so that
 every server process (``--workers``) can report them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +44,10 @@ CANCELLED = "cancelled by its owner"
 STOPPED = "the server stopped while training; train again"
 FLUSH_SECONDS = 0.5  # progress reaches the board at most this often
 HEARTBEAT_FLUSHES = int(JOB_HEARTBEAT_SECONDS / FLUSH_SECONDS)  # running jobs rewritten as alive
+ADVICE = "use less data, a smaller window or smaller hyperparameters"
+# How native code reports a failed allocation: C++ (XGBoost, LightGBM), errno, the loader.
+ALLOCATION_FAILED = ("bad_alloc", "Cannot allocate memory", "failed to map segment")
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 @attrs.frozen
@@ -59,16 +68,100 @@ class JobStopped(Exception):
     """The job was stopped from outside (cancelled, timed out); the message says why."""
 
 
-def _worker_main(spec: TrainingSpec, progress, result, parent: int) -> None:
+def _worker_main(spec: TrainingSpec, progress, result, parent: int, memory_mb: int) -> None:
     """A job's own process: train, send back the outcome."""
     die_with_parent(parent)
+    # Starts the queue's feeder thread, whose stack must be mapped before the cap.
+    progress.put((spec.job_id, 0.01, "reading the data"))
+    capped = _cap_memory(memory_mb)
     try:
         outcome = ("ok", _train(spec, progress))
-    except NemberError as exc:
-        outcome = ("error", exc)
-    except Exception as exc:  # a plugin bug: its message, not its (maybe unpicklable) class
-        outcome = ("error", RuntimeError(f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:
+        if _ran_out_of_memory(exc):
+            outcome = ("error", NemberError(out_of_memory(capped)))
+        elif isinstance(exc, NemberError):
+            outcome = ("error", exc)
+        else:  # a plugin bug: its message, not its (maybe unpicklable) class
+            outcome = ("error", RuntimeError(f"{type(exc).__name__}: {exc}"))
     result.send(outcome)
+
+
+def can_cap_memory() -> bool:
+    return sys.platform.startswith("linux")  # RLIMIT_AS elsewhere: missing or not enforced
+
+
+def _cap_memory(memory_mb: int) -> int:
+    """Cap this process's address space at ``memory_mb``; the MB capped, 0 if not. Every
+    mapping counts, touched or not, so an allocation past the cap fails at once (MemoryError)
+    and never takes the machine's RAM."""
+    if not memory_mb or not can_cap_memory():
+        return 0
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    try:  # the hard limit too: the job's code can't raise it again
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError):
+        return 0
+    return limit // (1024 * 1024)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """A process started meanwhile runs its math libraries on one thread. A job has one core
+    (its hyperparameters can't ask for more), and their pools map a stack and a buffer (OpenBLAS:
+    40 MB) per core of the machine, address space the cap counts: on 64 cores, 2.5 GB before
+    any data. They size them when numpy is imported, before any code of ours runs in the new
+    process, from the environment it inherits: so it is set for the start only."""
+    saved = {name: os.environ.get(name) for name in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _ran_out_of_memory(exc: BaseException | None) -> bool:
+    """A failed allocation, as such or beneath what a library raised about it (not in our
+    own errors' words: they may quote the user's data)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or (
+            not isinstance(exc, NemberError) and any(s in str(exc) for s in ALLOCATION_FAILED)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def out_of_memory(memory_mb: int) -> str:
+    limit = f" (limit {memory_mb} MB, server.training_memory_mb)" if memory_mb else ""
+    return f"training ran out of memory{limit}: {ADVICE}"
+
+
+def died(exitcode: int | None, memory_mb: int) -> str:
+    """Why a job whose process ended without an outcome failed. Killed by a signal: most
+    likely the kernel's OOM killer, or a library that aborts when an allocation fails (some
+    exit instead, as OpenBLAS does with code 1)."""
+    limit = f" (limit {memory_mb} MB, server.training_memory_mb)" if memory_mb else ""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        how, likely = f"killed by {name}", "most likely"
+    else:
+        how, likely = f"exit code {exitcode}", "perhaps"
+    return (f"the training process died ({how}) before it finished, {likely} out of "
+            f"memory{limit}: {ADVICE}")
 
 
 def _train(spec: TrainingSpec, progress_queue):
@@ -97,11 +190,16 @@ def _receive(connection):
 class TrainingJobs:
     def __init__(self, model_store, board: JobBoard, workers: int = 1,
                  on_saved: Callable[[ModelKey], None] | None = None,
-                 timeout: float = 3600.0):
+                 timeout: float = 3600.0, memory_mb: int = 0):
         self._store = model_store
         self._board = board
         self._on_saved = on_saved  # told of each model stored (the cache loads it at once)
         self._timeout = timeout  # seconds a job may train
+        if memory_mb and not can_cap_memory():
+            log.warning("training.memory_not_capped", platform=sys.platform,
+                        why="server.training_memory_mb is enforced on Linux only")
+            memory_mb = 0
+        self._memory_mb = memory_mb  # MB a job's process may map; 0: no cap
         self._context = multiprocessing.get_context("spawn")
         self._queue = self._context.Queue()
         self._slots = FairSlots(workers)
@@ -210,10 +308,12 @@ class TrainingJobs:
         """Train in a process of its own; JobStopped when it is stopped or runs too long."""
         receiving, sending = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main, args=(spec, self._queue, sending, os.getpid()),
+            target=_worker_main,
+            args=(spec, self._queue, sending, os.getpid(), self._memory_mb),
             name=f"nember-train-{job.id}", daemon=True,
         )
-        process.start()
+        with _one_thread():
+            process.start()
         sending.close()  # the process's end now: its death reads as the end of the pipe
         self._processes[job.id] = process
         if job.id in self._cancelled:  # cancelled while it started
@@ -232,8 +332,9 @@ class TrainingJobs:
             self._processes.pop(job.id, None)
         if job.id in self._cancelled:
             raise JobStopped(self._cancelled[job.id])
-        if outcome is None:
-            raise NemberError(f"the training process ended unexpectedly (code {process.exitcode})")
+        if outcome is None:  # it died: killed, or a library ended it
+            log.warning("training.process_died", job_id=job.id, exitcode=process.exitcode)
+            raise NemberError(died(process.exitcode, self._memory_mb))
         kind, value = outcome
         if kind == "error":
             raise value

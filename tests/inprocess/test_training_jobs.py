@@ -1,10 +1,14 @@
 """Training jobs can be stopped: cancelled by their owner (queued or running), or failed when
-they run past server.training_timeout; a stopped job stores no model and leaves no process."""
+they run past server.training_timeout or server.training_memory_mb, or when their process dies;
+a stopped job stores no model and leaves no process."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import signal
+import sys
 
 import aiohttp
 import pytest
@@ -12,8 +16,13 @@ import pytest
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
 from tests.harness import write_config
+from tests.helpers import REQUEST, training_form
+
+from .conftest import ask, authed
 
 SLOW = '{"n_estimators": 1000}'  # a RandomForest of 1,000 trees: seconds, not minutes
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                           reason="the memory cap is Linux's RLIMIT_AS")
 
 
 def _form(prepared, strat: str, params: str = SLOW) -> aiohttp.FormData:
@@ -123,3 +132,55 @@ async def test_uploads_a_killed_server_left_are_swept_when_a_server_starts(
     assert not stale.exists()
     assert fresh.exists()  # may still be a queued job's, in another server process
     fresh.unlink()
+
+
+@pytest.fixture
+async def capped(aiohttp_client, prepared, tmp_path):
+    """A server whose training processes may map 1 GB."""
+    data_dir = Nember.load(str(prepared.config)).config.data_dir
+    config = write_config(tmp_path, server={"training_memory_mb": 1024}, data_dir=data_dir)
+    return await aiohttp_client(create_app(Nember.load(str(config))))
+
+
+def _wide_csv(rows: int = 2000, features: int = 400) -> bytes:
+    """1.6 MB of CSV whose windows of 1,000 rows make a 3.2 GB feature matrix."""
+    lines = [",".join([*(f"f{i}" for i in range(features)), "direction"])]
+    cells = ",".join(str(i % 10) for i in range(features))
+    lines += [f"{cells},{'up' if row % 2 else 'down'}" for row in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@LINUX
+async def test_a_job_past_the_memory_cap_fails_and_the_server_serves_on(capped, prepared):
+    status, job = await _call(capped, "POST", "/api/models", prepared.key, data=training_form(
+        _wide_csv(), strat="too-big", window="1000", features=None))
+    assert status == 202
+    ended = await _until(capped, prepared.key, job["id"], ("failed", "succeeded"), timeout=30)
+    assert (ended["state"], ended["error"]) == ("failed", (
+        "training ran out of memory (limit 1024 MB, server.training_memory_mb): "
+        "use less data, a smaller window or smaller hyperparameters"))
+    status, models = await _call(capped, "GET", "/api/models", prepared.key)
+    assert not [m for m in models["items"] if m["strat"] == "too-big"]
+    # The cap leaves an ordinary job room, and the server predicts as before.
+    status, job = await _call(capped, "POST", "/api/models", prepared.key, data=training_form(
+        prepared.data.read_bytes(), strat="fits"))
+    ended = await _until(capped, prepared.key, job["id"], ("failed", "succeeded"), timeout=30)
+    assert ended["state"] == "succeeded", ended["error"]
+    ws = await authed(capped, prepared.key)
+    assert (await ask(ws, REQUEST))["prediction"] in ("up", "down")
+    await ws.close()
+
+
+@LINUX
+async def test_a_job_whose_process_dies_fails_and_says_why(client, prepared):
+    status, job = await _call(client, "POST", "/api/models", prepared.key,
+                              data=_form(prepared, "killed"))
+    await _until(client, prepared.key, job["id"], ("running",))
+    (process,) = _training_processes()
+    os.kill(process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    ended = await _until(client, prepared.key, job["id"], ("failed", "succeeded"))
+    assert (ended["state"], ended["error"]) == ("failed", (
+        "the training process died (killed by SIGKILL) before it finished, most likely out of "
+        "memory (limit 4096 MB, server.training_memory_mb): use less data, a smaller window or "
+        "smaller hyperparameters"))
+    assert (await _call(client, "GET", "/api/models", prepared.key))[0] == 200
