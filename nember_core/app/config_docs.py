@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 YAML_FILE = Path("config") / "nember.yaml"
 README = Path("README.md")
 TABLE_START, TABLE_END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+PLUGINS_START, PLUGINS_END = "<!-- plugin-options:start -->", "<!-- plugin-options:end -->"
 
 HEADER = """\
 # Nember's config: the embedded default (SQLite files and models on the local disk).
@@ -111,6 +112,8 @@ def _default(field: attrs.Attribute) -> Any:
 def _yaml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # a list of strings, in YAML's flow style
+        return "[" + ", ".join(_yaml_value(item) for item in value) + "]"
     text = str(value)  # numbers, Decimal, Path, str
     if isinstance(value, (str, Path)) and yaml.safe_load(text) != text:
         return json.dumps(text)  # quoted: "", or a string YAML would read as something else
@@ -146,17 +149,37 @@ def render_table(providers: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def replace_table(readme: str, table: str) -> str:
+def render_plugin_table(providers: dict[str, dict[str, Any]]) -> str:
+    """The keys of the installed plugins that are no role's default (PostgreSQL, Redis...),
+    a row per key; a plugin that serves several roles with the same keys is listed once."""
+    serves: dict[tuple[str, type], list[str]] = {}
+    for role in (field.name for field in attrs.fields(Config)):  # in the docs' order
+        for provider in providers.get(role, {}).values():
+            if not provider.default and provider.options is not None:
+                serves.setdefault((provider.name, provider.options), []).append(role)
+    rows = ["| plugin | roles | key | default | meaning |", "|---|---|---|---|---|"]
+    for (name, options), roles in sorted(serves.items(), key=lambda item: item[0][0]):
+        for key in _class_keys(options, None, (), False, {}):
+            default = ("required" if key.default is attrs.NOTHING
+                       else "none" if key.default is None else f"`{_yaml_value(key.default)}`")
+            rows.append(f"| `{name}` | {', '.join(roles)} | `{'.'.join(key.path)}` | {default} "
+                        f"| {key.doc.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_table(readme: str, table: str, start_marker: str = TABLE_START,
+                  end_marker: str = TABLE_END) -> str:
     """The README with ``table`` between the markers, the rest untouched."""
-    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    start, end = readme.find(start_marker), readme.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"README.md: no {TABLE_START} ... {TABLE_END} markers")
-    return f"{readme[:start + len(TABLE_START)]}\n{table}{readme[end:]}"
+        raise ValueError(f"README.md: no {start_marker} ... {end_marker} markers")
+    return f"{readme[:start + len(start_marker)]}\n{table}{readme[end:]}"
 
 
 def write(root: Path, providers: dict[str, dict[str, Any]]) -> None:
-    """Rewrite ``root``'s config/nember.yaml and README table (neither, if a marker is gone)."""
+    """Rewrite ``root``'s config/nember.yaml and README tables (none, if a marker is gone)."""
     readme = replace_table((root / README).read_text(encoding="utf-8"), render_table(providers))
+    readme = replace_table(readme, render_plugin_table(providers), PLUGINS_START, PLUGINS_END)
     (root / YAML_FILE).write_text(render_yaml(providers), encoding="utf-8")
     (root / README).write_text(readme, encoding="utf-8")
 
@@ -175,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {ROOT / YAML_FILE} and the config table of {ROOT / README}")
     else:
         print(render_yaml(providers))
-        print(render_table(providers), end="")
+        print(render_table(providers))
+        print(render_plugin_table(providers), end="")
 
 
 if __name__ == "__main__":

@@ -152,20 +152,29 @@ def test_the_rendered_yaml_loads_as_the_defaults(providers, monkeypatch):
         assert section.options == (provider.options() if provider.options else None)
 
 
-def test_write_replaces_the_yaml_and_only_the_readme_table(providers, tmp_path):
+def test_write_replaces_the_yaml_and_only_the_readme_tables(providers, tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "nember.yaml").write_text("stale: true\n")
-    before = "# Title\n\ntext before\n\n"
-    after = "\ntext after\n"
+    before, between, after = "# Title\n\ntext before\n\n", "\ntext between\n", "\ntext after\n"
     stale = f"{config_docs.TABLE_START}\n| old | table |\n{config_docs.TABLE_END}"
-    (tmp_path / "README.md").write_text(before + stale + after)
+    stale_plugins = f"{config_docs.PLUGINS_START}\n| old |\n{config_docs.PLUGINS_END}"
+    (tmp_path / "README.md").write_text(before + stale + between + stale_plugins + after)
     config_docs.write(tmp_path, providers)
     assert (tmp_path / "config" / "nember.yaml").read_text() == config_docs.render_yaml(providers)
     table = config_docs.render_table(providers)
+    plugins = config_docs.render_plugin_table(providers)
     assert (tmp_path / "README.md").read_text() == (
-        f"{before}{config_docs.TABLE_START}\n{table}{config_docs.TABLE_END}{after}"
+        f"{before}{config_docs.TABLE_START}\n{table}{config_docs.TABLE_END}{between}"
+        f"{config_docs.PLUGINS_START}\n{plugins}{config_docs.PLUGINS_END}{after}"
     )
     (tmp_path / "README.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="config-table:start"):
         config_docs.write(tmp_path, providers)
     assert (tmp_path / "README.md").read_text() == "no markers\n"
+
+
+def test_the_shared_stores_keys_are_documented_once_for_all_their_roles(providers):
+    table = config_docs.render_plugin_table(providers)
+    assert "| `postgres` | key_store, billing, model_store, jobs | `dsn` | required |" in table
+    assert "| `redis` | connection_registry | `url` | required |" in table
+    assert "`sqlite`" not in table  # the defaults are in the main table
