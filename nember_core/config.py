@@ -74,6 +74,7 @@ class ServerConfig:
         4096, "MB of address space a training job's process may map, then the job fails; "
               "0: no cap (nember train is never capped)")
     workers: int = setting(1, "processes sharing the port (SO_REUSEPORT); see --workers")
+    metrics: bool = setting(True, "serve GET /metrics (Prometheus; /healthz, /readyz always)")
     trusted_proxies: tuple[str, ...] = setting(
         (), "addresses or networks (CIDR) of proxies whose X-Forwarded-For names the client")
 

@@ -52,7 +52,8 @@ __all__ = [
     "hookimpl", "Provider", "PluginContext",
     # the roles
     "KeyStore", "BillingLedger", "ModelStore", "ConnectionRegistry", "CloseConnection",
-    "JobBoard", "JOB_HEARTBEAT_SECONDS", "ModelFamily", "Param", "Predictor", "RowPredictor",
+    "JobBoard", "ClaimedJob", "JOB_HEARTBEAT_SECONDS", "JOB_ORPHANED_AFTER", "JOB_MAX_ATTEMPTS",
+    "ModelFamily", "Param", "Predictor", "RowPredictor",
     "RowsPredictor",
     # records
     "Account", "ApiKey", "NewApiKey", "ModelKey", "ModelMeta", "Charge", "ConnectionUsage",
@@ -148,6 +149,9 @@ class KeyStore(Protocol):
     async def forget_login_attempt(self, attempt_id: str) -> None:
         """That attempt succeeded: it no longer counts against its subjects."""
 
+    async def ping(self) -> None:
+        """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
+
     async def close(self) -> None: ...
 
 
@@ -173,6 +177,9 @@ class BillingLedger(Protocol):
     async def close_abandoned(self, usage: ConnectionUsage) -> bool:
         """Store how a connection whose process died ended, unless its row is closed by now
         (its own process wins); ``True`` when this closed it."""
+
+    async def ping(self) -> None:
+        """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
 
     async def close(self) -> None: ...
 
@@ -206,6 +213,9 @@ class ModelStore(Protocol):
         Servers poll it to pick up models trained elsewhere without polling every model.
         """
 
+    async def ping(self) -> None:
+        """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
+
     async def close(self) -> None: ...
 
 
@@ -231,25 +241,113 @@ class ConnectionRegistry(Protocol):
     async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
         """Which of these connections are live on some process now (any account)."""
 
+    async def ping(self) -> None:
+        """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
+
     async def close(self) -> None: ...
 
 
-# The server writes a running job's state at least this often; a board may report a job that
-# nobody wrote for several of these as failed (its process died).
+# The server rewrites each job it runs at least this often (its heartbeat, see
+# ``JobBoard.heartbeat``).
 JOB_HEARTBEAT_SECONDS = 5.0
+# A running job whose claimer wrote nothing for this long is orphaned: its process or node
+# died. Six missed heartbeats: a node busy for a while is not taken for dead.
+JOB_ORPHANED_AFTER = 6 * JOB_HEARTBEAT_SECONDS
+# A job is claimed at most this many times: orphaned on its last attempt, it fails.
+JOB_MAX_ATTEMPTS = 2
+
+
+@attrs.frozen
+class ClaimedJob:
+    """A job a server took from the board to run, with what it needs to run it."""
+
+    job: TrainingJob  # as the board has it now: ``running``, stage ``starting``
+    spec: dict[str, Any]  # what ``enqueue`` was given, as JSON gives it back
+    data: bytes  # the training data ``enqueue`` was given, byte for byte
+    attempt: int  # 1 the first time the job is claimed, 2 after it was re-queued once...
 
 
 class JobBoard(Protocol):
-    """Training jobs' state, written by the process that runs each job, read by any."""
+    """The training jobs' queue, and their state as any server process or node reports it.
+
+    A job is *enqueued* (``queued``) by the server that accepted it, with everything needed to
+    run it (a spec and the data), so that any server sharing the board may run it. A server
+    with a free training slot *claims* the next one: it becomes ``running`` under that
+    claimer's name, a string unique to one server process (how a claimer's writes are told
+    from a stale one's). The claimer reports its progress and that it is alive
+    (``heartbeat``), at least every ``JOB_HEARTBEAT_SECONDS``, and *finishes* it
+    (``succeeded`` or ``failed``), which drops the payload (the spec and data) and keeps the
+    state. Only the claimer changes a running job, but for two things: a cancel request
+    (``request_cancel``), which the claimer polls, and orphaning: a running job whose claimer
+    wrote nothing for ``orphaned_after`` seconds goes back to the queue (attempts left), or
+    fails with an error saying its server stopped (none left). A queued job never runs once
+    ``withdraw`` took it back. Every method may be called from any number of processes and
+    nodes at once; each change is atomic.
+    """
+
+    async def enqueue(self, job: TrainingJob, spec: Mapping[str, Any], data: bytes) -> None:
+        """Store a new job as ``queued``, with its payload: ``spec`` (a JSON object: strings,
+        numbers, booleans, ``None``, lists and objects) and ``data`` (any bytes; the server
+        sends up to ``server.max_upload_size``, 64 MiB by default). The job's fields are
+        stored as given (state ``queued``); from the call's return any claimer may take it."""
+
+    async def claim(self, worker: str,
+                    orphaned_after: float = JOB_ORPHANED_AFTER) -> ClaimedJob | None:
+        """Take the next queued job for ``worker`` to run, or ``None`` when none is queued.
+
+        First, every running job whose claimer wrote nothing for ``orphaned_after`` seconds
+        is orphaned: claimed fewer than ``JOB_MAX_ATTEMPTS`` times (and with its payload),
+        it is ``queued`` again (progress 0, stage ``queued``, its cancel request kept, its
+        attempts counted); else it ends ``failed`` with an error saying its server stopped,
+        and its payload is dropped. Then one job is taken, atomically: two claimers at once,
+        in any processes or nodes, never take the same job. It becomes ``running`` (stage
+        ``starting``, progress 0), claimed by ``worker``, its attempts counted one more, as
+        written now (the first heartbeat).
+
+        Which job: fair between accounts over every claimer sharing the board. The queued
+        jobs of the accounts with the fewest running jobs come first; among those, the
+        account whose last claim is oldest (never claimed first); within an account, its
+        oldest job (``created_at``, then ``id``). So one account's many jobs take turns with
+        another's one, and never hold it back for more than one turn per free slot.
+        """
+
+    async def heartbeat(self, worker: str, jobs: Sequence[TrainingJob]) -> set[str]:
+        """Store the ``progress`` and ``stage`` of these jobs that ``worker`` claimed and
+        runs, and note that it is alive; return the ids among them that are no longer
+        ``worker``'s (orphaned and re-queued or failed meanwhile, or unknown): the worker must
+        stop running those, and its writes of them change nothing."""
+
+    async def finish(self, worker: str, job: TrainingJob, keep: int) -> bool:
+        """Store how a job ``worker`` claimed ended: its ``state`` (``succeeded`` or
+        ``failed``), ``progress``, ``stage``, ``error``, ``model_id``, ``version`` and
+        ``finished_at``; drop its payload; keep at least the newest ``keep`` jobs (as
+        ``write``). ``False``, and nothing written, when the job is no longer ``worker``'s."""
+
+    async def release(self, worker: str, job_ids: Sequence[str]) -> None:
+        """Give these running jobs of ``worker`` back to the queue (``queued``, progress 0,
+        stage ``queued``), because the worker stops before they end (a server shutting down):
+        the attempt doesn't count. Jobs that are not ``worker``'s running ones are left as
+        they are."""
+
+    async def withdraw(self, job_id: str, error: str) -> bool:
+        """End a job that is still ``queued`` before any claimer takes it: ``failed`` with
+        ``error``, ``finished_at`` now, its payload dropped. ``False`` (nothing changed) when
+        it is not queued: running (see ``request_cancel``), ended, or unknown."""
 
     async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
-        """Store these jobs' state; keep at least the newest ``keep`` jobs."""
+        """Store these jobs' state as given, without payload (nobody can claim them); keep
+        at least the newest ``keep`` jobs (by ``created_at``), and always those whose payload
+        the board holds (queued or running). For tools and tests; servers go through the
+        methods above."""
 
     async def read(self, job_id: str) -> TrainingJob | None:
-        """The job as last written; a queued or running one nobody wrote for long is failed."""
+        """The job as last stored. As ``claim`` will treat it: a running job nobody wrote for
+        ``JOB_ORPHANED_AFTER`` reads as ``queued`` (attempts and payload left) or ``failed``
+        (an error saying its server stopped); a queued job without payload nobody wrote for as
+        long (``write``'s) reads as failed too."""
 
     async def request_cancel(self, job_id: str) -> None:
-        """Ask whichever process runs the job to stop it."""
+        """Ask whichever process runs the job to stop it; survives its claimer's writes."""
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs someone asked to stop (polled by the process running them)."""

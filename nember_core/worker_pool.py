@@ -61,3 +61,14 @@ def die_with_parent(parent: int) -> None:
             return
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
+
+
+def alive(pid: int) -> bool:
+    """Is there a process with this id (ours or not)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        pass
+    return True

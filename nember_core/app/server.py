@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from nember_core import metrics
 from nember_core.errors import ConfigError, NemberError
 from nember_core.services import Services
 from nember_core.serving.gateway import Gateway
@@ -75,6 +78,8 @@ def create_app(nember: Nember) -> web.Application:
                     gateway.watch_revocations(server.revocation_check_interval)
                 ),
                 asyncio.create_task(gateway.close_abandoned_forever(SWEEP_SECONDS)),
+                asyncio.create_task(metrics.watch_loop_lag()),
+                asyncio.create_task(_publish_metrics_forever()),
             ):
                 opened.push_async_callback(_cancelled, task)
             yield
@@ -90,8 +95,27 @@ def create_app(nember: Nember) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get(WS_PATH, websocket)
-    add_routes(app, nember.config.dashboard)
+    add_routes(app, nember.config.dashboard, nember.config.server.metrics)
+    app.on_response_prepare.append(_plain_server_header)
     return app
+
+
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would say "Python/3.x aiohttp/3.x": nothing a visitor needs to know.
+    response.headers["Server"] = "Nember"
+
+
+async def _publish_metrics_forever() -> None:
+    """Under ``--workers``, this worker's figures for its siblings' /metrics, every second."""
+    directory = os.environ.get(metrics.METRICS_DIR_ENV)
+    if not directory:
+        return
+    while True:
+        try:
+            await asyncio.to_thread(metrics.publish, Path(directory))
+        except OSError as exc:
+            log.warning("metrics.publish_failed", error=str(exc))
+        await asyncio.sleep(1.0)
 
 
 async def _cancelled(task: asyncio.Task) -> None:

@@ -17,14 +17,18 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import structlog
 
 from nember_core.config import ROLES
 from nember_core.errors import ConfigError, NemberError
+from nember_core.metrics import METRICS_DIR_ENV
+from nember_core.worker_pool import alive
 
 from .nember import Nember
 
@@ -81,6 +85,8 @@ def supervise(nember: Nember, host: str, port: int, workers: int) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    figures = _metrics_dir(config.data_dir)
+    os.environ[METRICS_DIR_ENV] = str(figures)  # the workers inherit it: /metrics adds up
     for index in range(workers):
         start(index)
     log.info("supervisor.started", workers=workers, host=host, port=port)
@@ -115,9 +121,22 @@ def supervise(nember: Nember, host: str, port: int, workers: int) -> None:
             else:
                 failure = f"worker {index} exited while starting (code {process.exitcode})"
                 stop()
+    shutil.rmtree(figures, ignore_errors=True)
     log.info("supervisor.stopped")
     if failure:
         raise NemberError(f"{failure}; its error is in the log above")
+
+
+def _metrics_dir(data_dir: Path) -> Path:
+    """A fresh folder for this run's workers' figures; older runs' folders are removed."""
+    run = data_dir / "run"
+    for old in run.glob("metrics-*"):
+        pid = old.name.removeprefix("metrics-")
+        if not (pid.isdigit() and alive(int(pid))):  # a supervisor killed outright left it
+            shutil.rmtree(old, ignore_errors=True)
+    figures = run / f"metrics-{os.getpid()}"
+    figures.mkdir(mode=0o700, parents=True)
+    return figures
 
 
 def _listened(listening: Connection) -> bool:

@@ -17,6 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from nember_core import credentials
 from nember_core.config import Config
 from nember_core.credentials import new_id
+from nember_core.metrics import FIGURES
 from nember_core.records import ApiKey, LiveConnection, utcnow
 from nember_core.stores import Stores
 
@@ -101,6 +102,7 @@ class Gateway:
         try:
             msg = await ws.receive(timeout=self.config.server.auth_timeout)
         except asyncio.TimeoutError:
+            FIGURES.auth["timeout"] += 1
             log.info("auth.refused", remote=remote, reason="timeout")
             await ws.close(code=protocol.POLICY_VIOLATION, message=b"Authentication timeout")
             return None
@@ -114,6 +116,7 @@ class Gateway:
             except Exception as exc:
                 return await self._unavailable(ws, "key_store", exc)
         if key is None:
+            FIGURES.auth["invalid_key"] += 1
             log.info("auth.refused", remote=remote, reason="invalid key")
             return await self._refuse(ws, protocol.INVALID_KEY, b"Invalid API key")
 
@@ -127,6 +130,7 @@ class Gateway:
         except Exception as exc:
             return await self._unavailable(ws, "connection_registry", exc)
         if not added:
+            FIGURES.auth["limit_reached"] += 1
             log.info("auth.refused", remote=remote, key_id=key.id, reason="connection limit")
             return await self._refuse(ws, protocol.LIMIT_REACHED, b"Connection limit reached")
         try:
@@ -139,6 +143,8 @@ class Gateway:
                 log.error("registry.remove_failed", error=repr(also)[:200])
             return await self._unavailable(ws, "billing", exc)
         self.live[conn.id] = socket
+        FIGURES.auth["accepted"] += 1
+        FIGURES.connections_open += 1
         log.info(
             "connection.open",
             connection_id=conn.id,
@@ -157,6 +163,7 @@ class Gateway:
 
     async def _unavailable(self, ws: web.WebSocketResponse, store: str, exc: Exception) -> None:
         """A store failed while accepting: refused with 1013, not charged (PROTOCOL §5)."""
+        FIGURES.auth["unavailable"] += 1
         log.error("auth.store_failed", store=store, error=repr(exc)[:200])
         return await self._refuse(ws, protocol.UNAVAILABLE, b"Try again later",
                                   protocol.TRY_AGAIN_LATER)
@@ -179,8 +186,10 @@ class Gateway:
         )
         ws = socket.ws
         receive, send, answer = ws.receive, ws.send_frame, session.answer
+        clock, observe = time.perf_counter, FIGURES.observe
         while True:
             msg = await receive()
+            began = clock()
             kind = msg.type
             if kind is not _TEXT and kind is not _BINARY:
                 if kind is WSMsgType.ERROR and getattr(msg.data, "code", None) == TOO_BIG:
@@ -191,10 +200,12 @@ class Gateway:
             if type(out) is not bytes:  # a model to look up, or a prediction in a batch
                 out = await session.complete(out, msg.data)
             await send(out, _TEXT)
+            observe(clock() - began)
 
     async def _release(self, socket: Socket) -> None:
         conn, ws = socket.conn, socket.ws
         self.live.pop(conn.id, None)
+        FIGURES.connections_open -= 1
         await self.stores.registry.remove(conn)
         usage = conn.usage()
         usage.closed_at = utcnow()

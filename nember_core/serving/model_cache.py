@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import structlog
 
+from nember_core.metrics import FIGURES
 from nember_core.plugin_api import ModelFamily, ModelStore, RowPredictor
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.trees.compiler import TreeCompiler
@@ -64,7 +65,7 @@ class LoadFailure:
 
 class LoadedModel:
     __slots__ = ("meta", "version", "extractor", "batcher", "predictor", "batch_rows",
-                 "ensemble", "_labels")
+                 "ensemble", "kind", "_labels")
 
     def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
                  batcher: MicroBatcher | None = None, batch_rows=None, ensemble=None):
@@ -75,6 +76,7 @@ class LoadedModel:
         self.predictor = predict_row  # the family's single-row predictor
         self.batch_rows = batch_rows  # ...and its many-rows one
         self.ensemble = ensemble  # the trees it evaluates, if it is a tree model
+        self.kind = (meta.key.family, meta.key.model_type)  # what /metrics counts it under
         self._labels = meta.classes
 
     @property
@@ -150,6 +152,7 @@ class ModelCache:
             version = meta.version
             entry = await self._load_version(family, meta)
         except Exception as exc:  # a store error, a broken file, a plugin bug: try again later
+            FIGURES.model_loads["failed"] += 1
             self._remember_failure(key, version, exc)
             return
         self._absent_forget(key)
@@ -182,6 +185,7 @@ class ModelCache:
             batcher = MicroBatcher(loaded.predictor, loaded.batch_rows, self._max_batch,
                                    loaded.costs)
         meta, ensemble = loaded.meta, loaded.ensemble
+        FIGURES.model_loads["loaded"] += 1
         log.info(
             "model.loaded",
             strat=_cut(meta.key.strat),
@@ -253,8 +257,10 @@ class ModelCache:
             rebuilt = await asyncio.to_thread(model_loader.build, family, loaded.meta,
                                               loaded.model, self._batch_above_us, native)
         except Exception as exc:  # never worse than not compiling
+            FIGURES.model_compiles["failed"] += 1
             log.error("model.compile_failed", family=key.family, error=_cut(repr(exc)))
             return
+        FIGURES.model_compiles["compiled"] += 1
         if self._entries.get(key) is entry:  # still the version being served: switch
             self._entries[key] = self._install(rebuilt)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from nember_core.metrics import FIGURES
 from nember_core.records import ModelKey
 
 from . import protocol
@@ -103,6 +104,7 @@ class PredictionSession:
             return self._error("The model could not make a prediction for this input.",
                                waiting.request_id, waiting.seq)
         self.conn.predictions += 1
+        FIGURES.count_prediction(*waiting.model.kind)
         return protocol.success(waiting.seq, waiting.new, prediction, waiting.request_id)
 
     def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey | Pending:
@@ -136,6 +138,8 @@ class PredictionSession:
             log.error("predict.failed", connection_id=self.conn.id, error=repr(exc))
             return self._error("The model could not make a prediction for this input.", request_id)
         self.conn.predictions += 1
+        counts = FIGURES.predictions
+        counts[model.kind] = counts.get(model.kind, 0) + 1
         return protocol.success(self.seq, self._is_new(key, model), prediction, request_id)
 
     def _is_new(self, key: ModelKey, model) -> bool:
@@ -148,5 +152,6 @@ class PredictionSession:
     def _error(self, message: str, request_id: Any, seq: int | None = None) -> bytes:
         seq = self.seq if seq is None else seq
         self.conn.errors += 1
+        FIGURES.request_errors += 1
         log.info("request.error", connection_id=self.conn.id, seq_num=seq, error=message)
         return protocol.error(seq, message, request_id)

@@ -12,16 +12,18 @@ from aiohttp import web
 
 from nember_core.config import DashboardConfig
 
-from . import connections, dashboard, families, keys, models, openapi, usage
+from . import connections, dashboard, families, keys, models, openapi, operations, usage
 from .context import CONTEXT, WebContext
 from .errors import error_middleware
 
 __all__ = ["CONTEXT", "WebContext", "add_routes", "error_middleware"]
 
 
-def add_routes(app: web.Application, settings: DashboardConfig) -> None:
-    """The REST API, and the dashboard when the config enables it. The handlers find the
-    services at ``app[CONTEXT]``, set when the server has opened its stores."""
+def add_routes(app: web.Application, settings: DashboardConfig, metrics: bool = True) -> None:
+    """The REST API, the operations endpoints, and the dashboard when the config enables it.
+    The handlers find the services at ``app[CONTEXT]``, set when the server has opened its
+    stores."""
+    operations.add_routes(app, metrics)
     app.router.add_get("/api/openapi.json", openapi.handler)
     for module in (keys, models, families, connections, usage):
         module.add_routes(app.router)

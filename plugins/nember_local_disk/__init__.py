@@ -167,6 +167,11 @@ class LocalDiskModelStore:
     async def generation(self) -> str:
         return await asyncio.to_thread(self._generation)
 
+    async def ping(self) -> None:
+        # The folder is there and writable: what every save needs.
+        if not await asyncio.to_thread(os.access, self.root, os.W_OK | os.X_OK):
+            raise OSError(f"{self.root} is missing or not writable")
+
     async def close(self) -> None:
         pass
 

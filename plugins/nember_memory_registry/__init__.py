@@ -58,6 +58,9 @@ class MemoryConnectionRegistry:
     async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
         return {conn_id for conn_id in connection_ids if conn_id in self._by_id}
 
+    async def ping(self) -> None:
+        return None  # in this process's memory: always there
+
     async def close(self) -> None:
         self._by_id.clear()
         self._by_account.clear()

@@ -75,6 +75,9 @@ class PostgresBillingLedger:
     async def open(cls, options: PostgresOptions) -> PostgresBillingLedger:
         return cls(*await open_store(options, COMPONENT, MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self._db.close()
 

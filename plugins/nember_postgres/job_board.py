@@ -88,6 +88,9 @@ class PostgresJobBoard:
     async def open(cls, options: PostgresOptions) -> PostgresJobBoard:
         return cls(*await open_store(options, COMPONENT, MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self._db.close()
 

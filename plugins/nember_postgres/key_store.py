@@ -112,6 +112,9 @@ class PostgresKeyStore:
     async def open(cls, options: PostgresOptions) -> PostgresKeyStore:
         return cls(*await open_store(options, COMPONENT, MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self._db.close()
 

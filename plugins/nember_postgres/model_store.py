@@ -111,6 +111,9 @@ class PostgresModelStore:
     async def open(cls, options: PostgresOptions) -> PostgresModelStore:
         return cls(*await open_store(options, COMPONENT, MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self._db.close()
 

@@ -319,6 +319,9 @@ class RedisConnectionRegistry:
             if pubsub is not None:
                 await _quietly(pubsub.aclose())
 
+    async def ping(self) -> None:
+        await self._call(self._client.ping())
+
     async def close(self) -> None:
         if self._closed:
             return

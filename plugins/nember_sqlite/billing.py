@@ -61,6 +61,9 @@ class SqliteBillingLedger:
     async def open(cls, path: Path) -> SqliteBillingLedger:
         return cls(await Database.open(path, SCHEMA, migrations=MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.ping()
+
     async def close(self) -> None:
         await self._db.close()
 

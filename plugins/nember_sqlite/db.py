@@ -101,6 +101,9 @@ class Database:
             async with self._db.execute(sql, tuple(args)) as cursor:
                 return list(await cursor.fetchall())
 
+    async def ping(self) -> None:
+        await self.read("SELECT 1")
+
     async def close(self) -> None:
         async with self._lock:
             await self._db.close()

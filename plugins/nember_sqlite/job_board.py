@@ -116,5 +116,8 @@ class SqliteJobBoard:
         )
         return {row[0] for row in rows}
 
+    async def ping(self) -> None:
+        await self._db.ping()
+
     async def close(self) -> None:
         await self._db.close()

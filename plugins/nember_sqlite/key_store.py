@@ -93,6 +93,9 @@ class SqliteKeyStore:
     async def open(cls, path: Path) -> SqliteKeyStore:
         return cls(await Database.open(path, SCHEMA, migrations=MIGRATIONS))
 
+    async def ping(self) -> None:
+        await self._db.ping()
+
     async def close(self) -> None:
         await self._db.close()
 

@@ -246,6 +246,9 @@ class SqliteConnectionRegistry:
         await db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
         await db.execute(f"DELETE FROM instances WHERE {where}", args)
 
+    async def ping(self) -> None:
+        await self._db.ping()
+
     async def close(self) -> None:
         if self._beating is not None:
             self._beating.cancel()

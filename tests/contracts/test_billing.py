@@ -108,3 +108,7 @@ async def test_charges_are_durable_and_seen_by_every_process(open_store, provide
     assert [c.connection_id for c in await two.charges("acct_1")] == ["c1"]
     with pytest.raises(AlreadyExists):
         await two.charge(usage("c1"), Decimal(1), "USD")
+
+
+async def test_an_open_store_answers_a_ping(store):
+    await store.ping()  # what GET /readyz asks of every configured store

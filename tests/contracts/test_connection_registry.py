@@ -121,3 +121,7 @@ async def test_a_node_that_stops_leaves_every_listing(open_store, provider):
 
 async def _none_listed(store) -> bool:
     return await store.list("acct_1") == []
+
+
+async def test_an_open_store_answers_a_ping(store):
+    await store.ping()  # what GET /readyz asks of every configured store

@@ -60,3 +60,7 @@ async def test_every_process_reads_every_job(open_store, provider):
     assert await other.read(running.id) == running
     await other.request_cancel(running.id)
     assert await owner.cancel_requested([running.id]) == {running.id}
+
+
+async def test_an_open_store_answers_a_ping(store):
+    await store.ping()  # what GET /readyz asks of every configured store

@@ -108,3 +108,7 @@ async def test_what_one_process_writes_the_others_see(open_store, provider):
     await two.revoke_key(key.key.id)
     assert await one.authenticate(key.secret) is None
     assert await one.revoked_among([key.key.id]) == {key.key.id}
+
+
+async def test_an_open_store_answers_a_ping(store):
+    await store.ping()  # what GET /readyz asks of every configured store

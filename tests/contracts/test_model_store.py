@@ -100,3 +100,7 @@ async def test_what_one_node_saves_every_node_serves(open_store, provider):
     assert await two.generation() != before
     assert await two.latest_versions([KEY]) == {KEY: saved.version}
     assert await two.read(await two.latest(KEY)) == b"trained on node 1"
+
+
+async def test_an_open_store_answers_a_ping(store):
+    await store.ping()  # what GET /readyz asks of every configured store

@@ -106,6 +106,32 @@ async def test_connections_spread_over_workers_and_are_listed_and_closed_as_one(
             assert message.data == 4000
 
 
+async def test_metrics_add_up_the_figures_of_every_worker(workers, trained):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape(session) -> dict:
+        async with session.get(f"http://127.0.0.1:{workers.port}/metrics") as response:
+            text = await response.text()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    predicted = ("nember_predictions_total",
+                 (("family", "DecisionTree"), ("model_type", "class")))
+    async with aiohttp.ClientSession() as session:
+        before = (await scrape(session)).get(predicted, 0)
+        sockets = [await authed(session, workers.url, trained.key) for _ in range(12)]
+        for ws in sockets:
+            await ask(ws, FRAME)
+        assert len({e["node"] for e in workers.events("connection.open")}) == 2
+        await asyncio.sleep(1.5)  # each worker publishes its figures every second
+        for _ in range(6):  # whichever worker answers the scrape, it counts both
+            figures = await scrape(session)
+            assert figures[predicted] - before == 12
+            assert figures[("nember_connections_open", ())] == 12
+        for ws in sockets:
+            await ws.close()
+
+
 async def test_the_connection_limit_counts_every_worker(trained, tmp_path, servers):
     config = write_config(tmp_path, server={"workers": 2, "max_connections_per_account": 3},
                           data_dir=trained.data_dir)
