@@ -43,7 +43,7 @@ class Figures:
 
     __slots__ = ("connections_open", "predictions", "request_errors", "latency_buckets",
                  "latency_sum", "latency_count", "auth", "model_loads", "model_compiles",
-                 "training_jobs", "loop_lag")
+                 "training_jobs", "training_now", "loop_lag")
 
     def __init__(self) -> None:
         self.connections_open = 0
@@ -55,7 +55,8 @@ class Figures:
         self.auth = dict.fromkeys(AUTH_RESULTS, 0)
         self.model_loads = {"loaded": 0, "failed": 0}
         self.model_compiles = {"compiled": 0, "failed": 0}
-        self.training_jobs: dict[str, int] = {}  # finished jobs by their final state
+        self.training_jobs = {"succeeded": 0, "failed": 0}  # finished, by final state
+        self.training_now = {"queued": 0, "running": 0}  # this process's jobs now
         self.loop_lag = 0.0  # seconds, the worst delay of the loop since the last scrape
 
     def observe(self, seconds: float) -> None:
@@ -105,6 +106,8 @@ def added(all_figures: Iterable[Figures], live: Iterable[bool]) -> Figures:
                 mine[name] = mine.get(name, 0) + n
         if running:
             total.connections_open += figures.connections_open
+            for state, n in figures.training_now.items():
+                total.training_now[state] = total.training_now.get(state, 0) + n
             total.loop_lag = max(total.loop_lag, figures.loop_lag)
     return total
 
@@ -135,11 +138,9 @@ def gathered(directory: Path | None, figures: Figures = FIGURES) -> Figures:
 class FiguresCollector(Collector):
     """prometheus-client's view of the figures (of every worker, when there are several)."""
 
-    def __init__(self, directory: Path | None = None, figures: Figures = FIGURES,
-                 jobs_now=None):
+    def __init__(self, directory: Path | None = None, figures: Figures = FIGURES):
         self._directory = directory
         self._figures = figures
-        self._jobs_now = jobs_now  # () -> {state: count} of this process's unfinished jobs
 
     def collect(self) -> Iterator[Any]:
         f = gathered(self._directory, self._figures)
@@ -170,9 +171,9 @@ class FiguresCollector(Collector):
                   "result", f.model_compiles)
         yield _by("nember_training_jobs_finished", "Training jobs finished, by final state",
                   "state", f.training_jobs)
-        now = GaugeMetricFamily("nember_training_jobs", "Training jobs of this process now, "
-                                "by state (queued, running)", labels=["state"])
-        for state, n in sorted((self._jobs_now() if self._jobs_now else {}).items()):
+        now = GaugeMetricFamily("nember_training_jobs", "Training jobs queued or running now "
+                                "in this server's processes", labels=["state"])
+        for state, n in sorted(f.training_now.items()):
             now.add_metric([state], n)
         yield now
         yield GaugeMetricFamily("nember_event_loop_lag_seconds",

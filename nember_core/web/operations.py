@@ -41,13 +41,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_routes(app: web.Application, with_metrics: bool, jobs_now=None) -> None:
+def add_routes(app: web.Application, with_metrics: bool) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if with_metrics:
         registry = CollectorRegistry(auto_describe=True)
         directory = os.environ.get(METRICS_DIR_ENV)
-        registry.register(FiguresCollector(Path(directory) if directory else None,
-                                           jobs_now=jobs_now))
+        registry.register(FiguresCollector(Path(directory) if directory else None))
         app[REGISTRY] = registry
         app.router.add_get("/metrics", metrics)

@@ -112,3 +112,19 @@ async def test_a_missing_model_folder_is_not_recreated_by_readyz(client, nember)
         assert not models.exists()
     finally:
         models.with_name("models-copy").rename(models)
+
+
+async def test_the_grafana_dashboard_asks_only_for_series_the_server_exports(client, prepared):
+    import json
+    import re
+    from pathlib import Path
+
+    ws = await authed(client, prepared.key)
+    await ask(ws, request())
+    exported = {name for name, _ in await scrape(client)} | {"up"}
+    dashboard = json.loads((Path(__file__).parents[2] / "examples" / "grafana"
+                            / "nember-dashboard.json").read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"\b(nember_\w+|up)\b(?=[{\[)\s])", target["expr"])}
+    assert asked and asked <= exported, asked - exported
+    await ws.close()
