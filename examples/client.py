@@ -3,13 +3,21 @@
 matches the documented answer). Prints one prediction a second.
 
     python examples/client.py --url ws://127.0.0.1:8765/ws --key nmb_...
+
+Exit status: 0 after Ctrl-C, 1 when the key is refused, 2 when the server can't be reached or
+closes the connection (its reason printed).
 """
 
 import argparse
 import asyncio
 import json
+import sys
 
 import websockets
+
+
+class KeyRefused(Exception):
+    pass
 
 
 async def connect(uri, api_key):
@@ -43,8 +51,7 @@ async def connect(uri, api_key):
                 elif response_data["type"] == "error":
                     print(response_data["message"], flush=True)
             else:
-                print("API key verification failed.", flush=True)
-                return
+                raise KeyRefused(response_data.get("message", "API key verification failed."))
 
             await asyncio.sleep(1)
 
@@ -58,3 +65,13 @@ if __name__ == "__main__":
         asyncio.run(connect(args.url, args.key))
     except KeyboardInterrupt:
         pass
+    except KeyRefused as refused:
+        sys.exit(f"API key refused: {refused}")  # status 1
+    except websockets.ConnectionClosed as closed:
+        reason = closed.rcvd.reason if closed.rcvd else "no close frame"
+        code = closed.rcvd.code if closed.rcvd else 1006
+        print(f"The server closed the connection ({code}: {reason}).", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
+        print(f"Cannot connect to {args.url}: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -62,3 +62,18 @@ def test_demo_serves_and_the_example_client_prints_predictions(tmp_path, servers
     models = list((tmp_path / "data" / "models").rglob("meta.json"))
     assert len(models) >= 6  # DecisionTree, XGBoost and LightGBM at least, class and reg
     assert all(m.parent.name == "v000001" for m in models)
+
+
+def _client(url: str, key: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples/client.py"), "--url", url,
+                           "--key", key], capture_output=True, text=True, timeout=30)
+
+
+def test_the_example_client_says_why_it_stops_with_its_exit_status(server):
+    refused = _client(server.url, "nmb_not-a-key")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "API key refused: Invalid API key."
+    down = _client("ws://127.0.0.1:9/ws", "nmb_whatever")  # nothing listens on port 9
+    assert down.returncode == 2
+    assert down.stderr.startswith("Cannot connect to ws://127.0.0.1:9/ws:")
+    assert "Traceback" not in down.stderr and len(down.stderr.strip().splitlines()) == 1
