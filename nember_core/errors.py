@@ -21,6 +21,11 @@ class Forbidden(NemberError):
     """Allowed to others, not to this caller (an API key's scope)."""
 
 
+class StoreUnavailable(NemberError):
+    """A store did not answer (down, unreachable, too slow): try again later. Its message is
+    for the log; users are told only that the service is unavailable for now."""
+
+
 class TooManyAttempts(NemberError):
     """Refused for now: too many recent attempts (failed logins)."""
 

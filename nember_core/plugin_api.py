@@ -31,7 +31,14 @@ from .credentials import (
     new_api_key,
     new_id,
 )
-from .errors import AlreadyExists, InvalidData, ModelFileRejected, NemberError, NotFound
+from .errors import (
+    AlreadyExists,
+    InvalidData,
+    ModelFileRejected,
+    NemberError,
+    NotFound,
+    StoreUnavailable,
+)
 from .hookspecs import hookimpl
 from .records import (
     Account,
@@ -60,6 +67,7 @@ __all__ = [
     "LiveConnection", "TrainingJob", "utcnow",
     # errors
     "NemberError", "NotFound", "AlreadyExists", "InvalidData", "ModelFileRejected",
+    "StoreUnavailable",
     # helpers for families
     "Tree", "TreeEnsemble", "decode_output",
     # helpers for key stores
@@ -98,6 +106,25 @@ class Provider(Generic[T]):
     # without opening the store for service, and return what was done, one line each (what
     # ``nember db upgrade`` prints). Embedded stores upgrade their files when opened.
     upgrade: Callable[[Any, PluginContext], Awaitable[list[str]]] | None = None
+    # Backups of a store that keeps its data in files on this machine (``nember backup DIR``,
+    # ``nember restore DIR``; the CLI writes the manifest and checks it, the store only
+    # copies). ``backup(options, context, folder)`` copies the store into ``folder`` (empty,
+    # this role's own), consistent even while servers write to the store, without blocking
+    # them long; it returns what it copied, one line each. ``restore(options, context,
+    # folder, dry_run)`` puts such a copy in place of the store (readable by this user only)
+    # and returns what it did, one line each; with ``dry_run`` it changes nothing and
+    # returns what the store holds now that a restore would replace (``[]``: nothing, a
+    # fresh store). The CLI asks every role's dry run before it restores anything, and
+    # restores only when no server uses the stores. Raise ``NemberError`` (one line) when
+    # it can't be done.
+    backup: Callable[[Any, PluginContext, Path], Awaitable[list[str]]] | None = None
+    restore: Callable[[Any, PluginContext, Path, bool], Awaitable[list[str]]] | None = None
+    # For a provider without ``backup``, what ``nember backup`` says instead: how to back the
+    # store up with its own tools, or why there is nothing to back up.
+    backup_note: str = ""
+    # Is a server using the store now? One line saying which (``nember restore`` refuses
+    # then), else ``None``. A store that can't tell leaves this ``None``.
+    in_use: Callable[[Any, PluginContext], Awaitable[str | None]] | None = None
 
 
 class KeyStore(Protocol):
@@ -148,6 +175,18 @@ class KeyStore(Protocol):
 
     async def forget_login_attempt(self, attempt_id: str) -> None:
         """That attempt succeeded: it no longer counts against its subjects."""
+
+    # Optional: without them, ``nember accounts list`` and ``nember accounts password`` say
+    # the key store can't (and a changed password leaves sessions to expire by themselves).
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, oldest first."""
+
+    async def set_password(self, account_id: str, password: str) -> None:
+        """Store the new password (as a hash); :class:`NotFound` when there is no account."""
+
+    async def delete_sessions(self, account_id: str) -> int:
+        """End every dashboard session of the account; return how many were unexpired."""
 
     async def ping(self) -> None:
         """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
@@ -351,6 +390,9 @@ class JobBoard(Protocol):
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs someone asked to stop (polled by the process running them)."""
+
+    async def ping(self) -> None:
+        """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
 
     async def close(self) -> None: ...
 

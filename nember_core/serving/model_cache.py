@@ -201,7 +201,10 @@ class ModelCache:
     def _remember_failure(self, key: ModelKey, version: int | None, exc: Exception) -> None:
         previous = self._failures.get(key)
         delay = self._retry_base
-        if previous is not None and previous.version == version:  # the same file failing
+        # The same file failing again: wait longer each time. A store that didn't answer
+        # (no version known) is retried at the base delay, so that a model first asked for
+        # during an outage serves soon after the store is back.
+        if previous is not None and version is not None and previous.version == version:
             delay = min(previous.delay * 2, RETRY_CAP)
         self._remember_absent(key, LoadFailure(version, delay, time.monotonic() + delay))
         log.error(

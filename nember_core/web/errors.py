@@ -15,6 +15,7 @@ from nember_core.errors import (
     InvalidData,
     NemberError,
     NotFound,
+    StoreUnavailable,
     TooManyAttempts,
 )
 
@@ -64,6 +65,10 @@ async def error_middleware(request: web.Request, handler):
         if isinstance(exc, web.HTTPMethodNotAllowed):  # which methods are, as HTTP says
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         return response
+    except StoreUnavailable as exc:  # the detail names the store's host: the log only
+        log.error("api.store_unavailable", path=request.path, method=request.method,
+                  error=str(exc)[:300])
+        return error(503, "Service temporarily unavailable, try again later.")
     except NemberError as exc:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
         return error(status, sentence(str(exc)))

@@ -22,9 +22,15 @@ import asyncpg
 import attrs
 import structlog
 
+from nember_core.plugin_api import StoreUnavailable
+
 from .options import PostgresOptions, PostgresStoreError, redact
 
 log = structlog.get_logger("nember.postgres")
+
+# Failures of the database rather than of a statement: down, unreachable, too slow.
+UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+               asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 
 @attrs.define(eq=False)
@@ -117,8 +123,11 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+        except UNREACHABLE as exc:  # not the query's fault: the database's, for now
+            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}"[:300]) from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

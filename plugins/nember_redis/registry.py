@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from nember_core.plugin_api import CloseConnection, LiveConnection
+from nember_core.plugin_api import CloseConnection, LiveConnection, StoreUnavailable
 
 from . import scripts
 
@@ -42,7 +42,13 @@ RESUBSCRIBE_DELAY = 0.2  # seconds between attempts to subscribe again
 
 class RedisConnectionRegistry:
     def __init__(self, client: Any, node: str, prefix: str, heartbeat: float, timeout: float):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         self._client = client  # a redis.asyncio.Redis with decode_responses=True
+        # Failures of Redis rather than of a call: down, unreachable, too slow.
+        self._unreachable = (OSError, asyncio.TimeoutError, RedisConnectionError,
+                             RedisTimeoutError)
         self._node = node
         self._instance = f"{node}:{secrets.token_hex(6)}"
         self._prefix = prefix
@@ -89,7 +95,10 @@ class RedisConnectionRegistry:
 
     async def _call(self, call: Awaitable[T]) -> T:
         # Redis's socket timeouts bound each read and connect; this bounds the whole call.
-        return await asyncio.wait_for(call, self._timeout)
+        try:
+            return await asyncio.wait_for(call, self._timeout)
+        except self._unreachable as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}"[:300]) from exc
 
     async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
         try:

@@ -10,10 +10,6 @@ The last ones run a ``redis-server`` of their own on a free port.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +21,9 @@ from nember_redis.registry import STALE_AFTER, RedisConnectionRegistry
 
 from nember_core.plugin_api import LiveConnection, NemberError, PluginContext
 from tests.harness import free_port
+from tests.shared_services import OwnRedis
 
 HEARTBEAT = 0.2
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class Closer:
@@ -227,70 +223,7 @@ async def _ids(listing, expected: set[str]) -> bool:
     return {c.id for c in await listing} == expected
 
 
-# A redis-server of the test's own, to stop, pause and restart.
-
-
-class OwnRedis:
-    """``redis-server`` on a free port; ``persist`` keeps its data across restarts (SHUTDOWN
-    SAVE and an RDB file), else it comes back empty."""
-
-    def __init__(self, folder: Path, persist: bool = False):
-        if not os.path.exists(REDIS_SERVER):
-            if os.environ.get("CI") == "true":
-                pytest.fail("redis-server is missing; CI must install it", pytrace=False)
-            pytest.skip("redis-server is not installed")
-        self.folder, self.persist = folder, persist
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            assert self.process.poll() is None, (self.folder / "redis.log").read_text()
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def _client(self):
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # No retries: their back-off would only slow the polling down.
-        return redis.Redis(port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
-
-    def _answers(self) -> bool:
-        import redis
-
-        try:
-            with self._client() as client:
-                return client.ping()
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.persist:
-            with self._client() as client:
-                client.shutdown(save=True)
-        else:
-            self.process.terminate()
-        self.process.wait(10)
-
-    def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+# A redis-server of the test's own (tests/shared_services.py), to stop, pause and restart.
 
 
 @pytest.fixture
