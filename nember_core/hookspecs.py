@@ -82,8 +82,9 @@ def nember_connection_registries() -> list[Provider[ConnectionRegistry]]:
 
 @hookspec
 def nember_job_boards() -> list[Provider[JobBoard]]:
-    """Return ``Provider``s whose ``create`` makes a ``JobBoard``: training jobs' state, read
-    by every server process (``--workers``, several nodes).
+    """Return ``Provider``s whose ``create`` makes a ``JobBoard``: the training-job queue,
+    jobs with their data claimed by any server process and their state read by every one
+    (``--workers``, several nodes).
 
     Picked by ``jobs.plugin``.
     """

@@ -56,7 +56,7 @@ class Figures:
         self.model_loads = {"loaded": 0, "failed": 0}
         self.model_compiles = {"compiled": 0, "failed": 0}
         self.training_jobs = {"succeeded": 0, "failed": 0}  # finished, by final state
-        self.training_now = {"queued": 0, "running": 0}  # this process's jobs now
+        self.training_now = {"running": 0}  # this process's jobs now (the queue is the board's)
         self.loop_lag = 0.0  # seconds, the worst delay of the loop since the last scrape
 
     def observe(self, seconds: float) -> None:
@@ -171,8 +171,8 @@ class FiguresCollector(Collector):
                   "result", f.model_compiles)
         yield _by("nember_training_jobs_finished", "Training jobs finished, by final state",
                   "state", f.training_jobs)
-        now = GaugeMetricFamily("nember_training_jobs", "Training jobs queued or running now "
-                                "in this server's processes", labels=["state"])
+        now = GaugeMetricFamily("nember_training_jobs", "Training jobs running now in this "
+                                "server's processes", labels=["state"])
         for state, n in sorted(f.training_now.items()):
             now.add_metric([state], n)
         yield now

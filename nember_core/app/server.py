@@ -21,7 +21,7 @@ from nember_core.training.jobs import TrainingJobs
 from nember_core.trees.compiler import TreeCompiler
 from nember_core.web import CONTEXT, WebContext, add_routes, error_middleware
 from nember_core.web.forwarded import forwarded_middleware
-from nember_core.web.models import sweep_uploads
+from nember_core.web.models import UPLOADS, sweep_uploads
 
 from .nember import Nember
 
@@ -64,8 +64,10 @@ def create_app(nember: Nember) -> web.Application:
             opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
                                 on_saved=cache.prefetch, timeout=server.training_timeout,
-                                memory_mb=server.training_memory_mb)
+                                memory_mb=server.training_memory_mb, node=stores.node,
+                                scratch=nember.config.data_dir / UPLOADS)
             opened.push_async_callback(jobs.close)
+            jobs.start()  # claims queued jobs from the board while it has a free slot
             app[GATEWAY] = gateway
             app[CONTEXT] = WebContext(
                 services=Services(nember.config, nember.families, stores, jobs),

@@ -81,20 +81,27 @@ class Models:
 
     async def submit(self, account_id: str, request: TrainingRequest,
                      cleanup: Path | None = None) -> TrainingJob:
-        """Train in a worker process; ``cleanup`` (an upload) is deleted when it ends.
+        """Queue a job on the board, for whichever server process has a free training slot;
+        ``cleanup`` (an upload) is deleted once its bytes are on the board (or refused).
 
         Only the CSV's header is read here (a wrong column is an error now, not a failed
-        job); the worker reads the rest, so a large upload never fills the server."""
+        job); the job's process reads the rest, so a large upload is never parsed by the
+        server: its bytes go to the board as they are, with the spec."""
         if self._jobs is None:
             raise NemberError("training jobs run only inside a server")
-        key = self._key(account_id, request)
-        with shown_as(request.data, request.data_label):
-            await asyncio.to_thread(check_header, request.data, request.target,
-                                    request.features)
-        spec = {"data": request.data, "target": request.target, "window": request.window,
+        try:
+            key = self._key(account_id, request)
+            with shown_as(request.data, request.data_label):
+                await asyncio.to_thread(check_header, request.data, request.target,
+                                        request.features)
+            data = await asyncio.to_thread(request.data.read_bytes)
+        finally:
+            if cleanup is not None:
+                cleanup.unlink(missing_ok=True)
+        spec = {"target": request.target, "window": request.window,
                 "features": request.features, "params": request.params,
                 "data_label": request.data_label}
-        return await self._jobs.submit(spec, key, cleanup)
+        return await self._jobs.submit(spec, key, data)
 
     async def job(self, account_id: str, job_id: str) -> TrainingJob:
         if self._jobs is None:

@@ -1,16 +1,30 @@
-"""Training jobs started from the REST API: each in a process of its own, watched for progress.
+"""Training jobs started from the REST API: queued on the job board, run by whichever server
+process has a free slot, each in a process of its own, watched for progress.
+
+Submitting a job puts it on the ``JobBoard`` (``queued``) with everything needed to run it:
+the training spec and the uploaded CSV's bytes. Every server process sharing the board (the
+``--workers`` of one machine on SQLite, every node on PostgreSQL) claims queued jobs while it
+has one of its ``server.training_workers`` slots free: it asks the board at once when a job is
+submitted here or a slot frees, and otherwise every ``POLL_SECONDS``. The board picks the job,
+atomically and fairly between accounts over every process (``JobBoard.claim``); this process
+writes the CSV to a file of its own (deleted when the job ends) and trains in a process.
 
 Training is CPU-bound and can take minutes, so it runs in worker processes: predictions on the
-event loop never stall while a model trains. A job waits for one of ``server.training_workers``
-slots, shared fairly between accounts (``FairSlots``); its process finds model families the
-same way the server does (the entry-point group), sends progress back through a queue and
-returns the trained model, which the server then stores through the configured model store.
-A process of its own per job is what lets a job be stopped: when it runs past
+event loop never stall while a model trains. The job's process finds model families the same
+way the server does (the entry-point group), sends progress back through a pipe of its own
+and returns the trained model, which the server then stores through the configured model
+store. A process of its own per job is what lets a job be stopped: when it runs past
 ``server.training_timeout``, when its owner cancels it (from any server process, through the
-job board), or when the server stops. It is also what caps a job's memory: its process may map
-``server.training_memory_mb`` at most (Linux), so a huge upload or hyperparameters fail that
-job instead of filling the machine. Job states are written to a ``JobBoard`` too, so that
-every server process (``--workers``) can report them.
+board), or when the board says the job is no longer this process's. It is also what caps a
+job's memory: its process may map ``server.training_memory_mb`` at most (Linux), so a huge
+upload or hyperparameters fail that job instead of filling the machine.
+
+The running process writes each job's progress to the board, and at least every
+``JOB_HEARTBEAT_SECONDS`` that it is alive. A process or node that dies stops writing: after
+``JOB_ORPHANED_AFTER`` the next claim anywhere puts its jobs back in the queue for another
+process (a job is tried ``JOB_MAX_ATTEMPTS`` times), or fails them with the board's message
+after the last attempt. A server that stops gracefully gives its running jobs back to the
+queue at once, and that attempt doesn't count.
 """
 
 from __future__ import annotations
@@ -19,9 +33,11 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import secrets
 import signal
+import socket
 import sys
-import threading
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,17 +47,16 @@ import structlog
 
 from nember_core.credentials import new_id
 from nember_core.errors import NemberError, NotFound
-from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, JobBoard
+from nember_core.metrics import FIGURES
+from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, ClaimedJob, JobBoard
 from nember_core.records import ModelKey, TrainingJob, utcnow
 from nember_core.worker_pool import die_with_parent
-
-from .fair_slots import FairSlots
 
 log = structlog.get_logger("nember.jobs")
 
 KEEP_FINISHED = 1000  # finished jobs remembered per server, oldest forgotten first
 CANCELLED = "cancelled by its owner"
-STOPPED = "the server stopped while training; train again"
+POLL_SECONDS = 0.5  # how often a process with a free slot looks for queued jobs
 FLUSH_SECONDS = 0.5  # progress reaches the board at most this often
 HEARTBEAT_FLUSHES = int(JOB_HEARTBEAT_SECONDS / FLUSH_SECONDS)  # running jobs rewritten as alive
 ADVICE = "use less data, a smaller window or smaller hyperparameters"
@@ -68,14 +83,17 @@ class JobStopped(Exception):
     """The job was stopped from outside (cancelled, timed out); the message says why."""
 
 
-def _worker_main(spec: TrainingSpec, progress, result, parent: int, memory_mb: int) -> None:
-    """A job's own process: train, send back the outcome."""
+def _worker_main(spec: TrainingSpec, to_server, parent: int, memory_mb: int) -> None:
+    """A job's own process: train, send back its progress, then the outcome.
+
+    Everything goes through the job's own pipe: a queue shared by every job would have a lock
+    that a job's process stopped in the middle of a send holds for ever, stalling the other
+    jobs' progress and the server's exit."""
     die_with_parent(parent)
-    # Starts the queue's feeder thread, whose stack must be mapped before the cap.
-    progress.put((spec.job_id, 0.01, "reading the data"))
+    to_server.send(("progress", 0.01, "reading the data"))
     capped = _cap_memory(memory_mb)
     try:
-        outcome = ("ok", _train(spec, progress))
+        outcome = ("ok", _train(spec, to_server))
     except Exception as exc:
         if _ran_out_of_memory(exc):
             outcome = ("error", NemberError(out_of_memory(capped)))
@@ -83,7 +101,7 @@ def _worker_main(spec: TrainingSpec, progress, result, parent: int, memory_mb: i
             outcome = ("error", exc)
         else:  # a plugin bug: its message, not its (maybe unpicklable) class
             outcome = ("error", RuntimeError(f"{type(exc).__name__}: {exc}"))
-    result.send(outcome)
+    to_server.send(outcome)
 
 
 def can_cap_memory() -> bool:
@@ -164,14 +182,14 @@ def died(exitcode: int | None, memory_mb: int) -> str:
             f"memory{limit}: {ADVICE}")
 
 
-def _train(spec: TrainingSpec, progress_queue):
+def _train(spec: TrainingSpec, to_server):
     from nember_core.plugins import installed_families
 
     from .dataset import read_csv, shown_as
     from .trainer import train
 
     def progress(fraction: float, stage: str) -> None:
-        progress_queue.put((spec.job_id, fraction, stage))
+        to_server.send(("progress", fraction, stage))
 
     family = installed_families()[spec.key.family]
     with shown_as(spec.data, spec.data_label):
@@ -179,18 +197,24 @@ def _train(spec: TrainingSpec, progress_queue):
     return train(family, dataset, spec.key, spec.window, spec.params, progress)
 
 
-def _receive(connection):
-    """The job process's outcome, or None when it ended without one (killed)."""
-    try:
-        return connection.recv()
-    except (EOFError, OSError):
-        return None
+def _receive(connection, on_progress: Callable[[float, str], None]):
+    """The job process's outcome, or None when it ended without one (killed); its progress
+    reports go to ``on_progress`` on the way."""
+    while True:
+        try:
+            message = connection.recv()
+        except Exception:  # ended (EOFError, OSError), or killed half-way through a send
+            return None
+        if message[0] != "progress":
+            return message
+        on_progress(message[1], message[2])
 
 
 class TrainingJobs:
     def __init__(self, model_store, board: JobBoard, workers: int = 1,
                  on_saved: Callable[[ModelKey], None] | None = None,
-                 timeout: float = 3600.0, memory_mb: int = 0):
+                 timeout: float = 3600.0, memory_mb: int = 0, node: str = "",
+                 scratch: Path | None = None):
         self._store = model_store
         self._board = board
         self._on_saved = on_saved  # told of each model stored (the cache loads it at once)
@@ -200,31 +224,40 @@ class TrainingJobs:
                         why="server.training_memory_mb is enforced on Linux only")
             memory_mb = 0
         self._memory_mb = memory_mb  # MB a job's process may map; 0: no cap
+        self._slots = workers  # jobs this process runs at once
+        # Where a claimed job's CSV is written for its process (and deleted after).
+        self._scratch = scratch or Path(tempfile.gettempdir())
+        # This process's name as a claimer on the board: unique to it, and readable.
+        self.worker = f"{node or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._context = multiprocessing.get_context("spawn")
-        self._queue = self._context.Queue()
-        self._slots = FairSlots(workers)
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
-        self._runs: dict[str, asyncio.Task] = {}
+        self._runs: dict[str, asyncio.Task] = {}  # claimed jobs, until their run ends
         self._cancelled: dict[str, str] = {}  # jobs being stopped, and why
-        self._queued: set[str] = set()  # waiting for a slot
-        self._jobs: dict[str, TrainingJob] = {}
-        self._changed: set[str] = set()  # jobs whose state the board doesn't have yet
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._reader = threading.Thread(target=self._read_progress, daemon=True)
-        self._reader.start()
-        self._tasks: set[asyncio.Task] = set()
-        self._publisher: asyncio.Task | None = None
+        self._lost: set[str] = set()  # no longer this process's (the board said so)
+        self._jobs: dict[str, TrainingJob] = {}  # the jobs this process claimed
+        self._changed: set[str] = set()  # running jobs whose progress the board doesn't have
+        self._unreported: dict[str, TrainingJob] = {}  # ended; the board not told yet
+        self._wake = asyncio.Event()  # a job was submitted here, or a slot freed
+        self._tasks: list[asyncio.Task] = []
 
-    def _read_progress(self) -> None:
-        while True:
+    def start(self) -> None:
+        """Start claiming jobs from the board and reporting on them (in a running loop)."""
+        if self._tasks:
+            return
+        self._tasks = [asyncio.create_task(self._claim_forever()),
+                       asyncio.create_task(self._publish_forever())]
+
+    def _progress_of(self, job_id: str) -> Callable[[float, str], None]:
+        """What a job's receiving thread calls with each progress report."""
+        loop = asyncio.get_running_loop()
+
+        def report(fraction: float, stage: str) -> None:
             try:
-                item = self._queue.get()
-            except (EOFError, OSError, ValueError):
-                return
-            if item is None:
-                return
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._update, *item)
+                loop.call_soon_threadsafe(self._update, job_id, fraction, stage)
+            except RuntimeError:  # the loop is closed: nobody asks any more
+                pass
+
+        return report
 
     def _update(self, job_id: str, fraction: float, stage: str) -> None:
         job = self._jobs.get(job_id)
@@ -233,8 +266,10 @@ class TrainingJobs:
             self._changed.add(job_id)
 
     async def get(self, account_id: str, job_id: str) -> TrainingJob:
-        """A job of this process, or one another server process runs or ran."""
-        job = self._jobs.get(job_id) or await self._board.read(job_id)
+        """A job this process runs or ran, or any other as the board has it."""
+        job = self._jobs.get(job_id)
+        if job is None or job_id in self._lost:
+            job = await self._board.read(job_id)
         if job is None or job.account_id != account_id:
             raise NotFound(f"no training job {job_id}")
         return job
@@ -244,15 +279,18 @@ class TrainingJobs:
         job = await self.get(account_id, job_id)
         if job.finished_at is not None:
             return job  # ended already: nothing to stop
-        if job_id not in self._jobs:  # another server process runs it: it reads the board
-            await self._board.request_cancel(job_id)
+        if job_id in self._jobs and job_id not in self._lost:
+            self._stop(job_id, CANCELLED)
             return job
-        self._stop(job_id, CANCELLED)
+        if job.state == "queued" and await self._board.withdraw(job_id, CANCELLED):
+            return await self._board.read(job_id) or job  # it never runs
+        # Running elsewhere (or claimed just now): its process polls the board.
+        await self._board.request_cancel(job_id)
         return job
 
     def _stop(self, job_id: str, why: str) -> None:
         job = self._jobs[job_id]
-        if job.stage == "saving":
+        if job.stage == "saving" or job.finished_at is not None:
             return  # trained already: too late to stop
         self._cancelled[job_id] = why
         job.stage = "cancelling"  # failed, with ``why``, once its run has ended
@@ -260,20 +298,63 @@ class TrainingJobs:
         process = self._processes.get(job_id)
         if process is not None:
             process.terminate()  # its run sees the process end without an outcome
-        elif job_id in self._queued:
-            self._runs[job_id].cancel()  # still waiting for a slot
+
+    async def submit(self, spec: dict[str, Any], key: ModelKey, data: bytes) -> TrainingJob:
+        """Queue a job on the board: ``spec`` (``TrainingSpec``'s fields but the job's, the
+        key and the data's path) and the CSV's bytes. Any server process may run it."""
+        self.start()
+        job = TrainingJob(id=new_id("job"), account_id=key.account_id, key=key,
+                          created_at=utcnow())
+        await self._board.enqueue(job, spec, data)  # any server process may claim it now
+        self._wake.set()  # this one at once, if it has a free slot
+        log.info("training.queued", job_id=job.id, family=key.family, bytes=len(data))
+        return job
+
+    async def _claim_forever(self) -> None:
+        """Claim queued jobs while a slot is free: at once when woken, else every poll."""
+        while True:
+            self._wake.clear()
+            while len(self._runs) < self._slots:
+                try:
+                    claimed = await self._board.claim(self.worker)
+                except Exception as exc:  # the board is down: the next poll tries again
+                    log.error("training.claim_failed", error=str(exc))
+                    break
+                if claimed is None:
+                    break
+                self._start(claimed)
+                claimed = None  # its data lives on in its run only
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    def _start(self, claimed: ClaimedJob) -> None:
+        job = claimed.job
+        log.info("training.claimed", job_id=job.id, attempt=claimed.attempt, worker=self.worker)
+        self._forget_old()
+        self._jobs[job.id] = job
+        task = asyncio.create_task(self._run(job, claimed.spec, claimed.data))
+        self._runs[job.id] = task
+        FIGURES.training_now["running"] = len(self._runs)
+
+        def ended(_: asyncio.Task) -> None:
+            self._runs.pop(job.id, None)
+            FIGURES.training_now["running"] = len(self._runs)
+            self._wake.set()  # a slot is free
+
+        task.add_done_callback(ended)
 
     async def _publish_forever(self) -> None:
         beat = 0
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             beat += 1
-            unfinished = [j.id for j in self._jobs.values() if j.finished_at is None]
+            running = [job_id for job_id, job in self._jobs.items()
+                       if job.finished_at is None and job_id not in self._lost]
             if beat % HEARTBEAT_FLUSHES == 0:  # and now and then the running ones: they are alive
-                self._changed.update(unfinished)
+                self._changed.update(running)
             try:
-                if unfinished:  # cancelled through another server process?
-                    for job_id in await self._board.cancel_requested(unfinished):
+                if running:  # cancelled through another server process?
+                    for job_id in await self._board.cancel_requested(running):
                         if job_id not in self._cancelled:
                             self._stop(job_id, CANCELLED)
                 await self._publish()
@@ -281,35 +362,61 @@ class TrainingJobs:
                 log.error("training.publish_failed", error=str(exc))
 
     async def _publish(self) -> None:
-        changed = [self._jobs[i] for i in self._changed if i in self._jobs]
+        """Tell the board how jobs ended, then the running ones' progress (a heartbeat)."""
+        for job in list(self._unreported.values()):
+            del self._unreported[job.id]
+            await self._report(job)
+        changed = [self._jobs[i] for i in self._changed
+                   if i in self._jobs and self._jobs[i].finished_at is None
+                   and i not in self._lost]
         self._changed.clear()
-        if changed:
-            await self._board.write(changed, KEEP_FINISHED)
+        if not changed:
+            return
+        try:
+            lost = await self._board.heartbeat(self.worker, changed)
+        except BaseException:
+            self._changed.update(job.id for job in changed)
+            raise
+        for job_id in lost:  # re-queued after this process seemed dead: another runs it
+            log.warning("training.claim_lost", job_id=job_id, worker=self.worker)
+            self._stop(job_id, "its claim on the job board was lost")
+            self._lost.add(job_id)
 
-    async def submit(self, spec_args: dict[str, Any], key: ModelKey,
-                     cleanup: Path | None) -> TrainingJob:
-        self._loop = asyncio.get_running_loop()
-        if self._publisher is None:
-            self._publisher = asyncio.create_task(self._publish_forever())
-        job = TrainingJob(id=new_id("job"), account_id=key.account_id, key=key,
-                          created_at=utcnow())
-        self._forget_old()
-        self._jobs[job.id] = job
-        await self._board.write([job], KEEP_FINISHED)  # any server process knows it from now
-        spec = TrainingSpec(job_id=job.id, key=key, **spec_args)
-        task = asyncio.create_task(self._run(job, spec, cleanup))
-        self._tasks.add(task)
-        self._runs[job.id] = task
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._runs.pop(job.id, None))
-        return job
+    async def _report(self, job: TrainingJob) -> None:
+        """How the job ended, to the board; kept for the next turn when it can't be told."""
+        kept = False
+        if job.id not in self._lost:
+            try:
+                kept = await self._board.finish(self.worker, job, KEEP_FINISHED)
+            except Exception as exc:  # the publisher's next turn tries again
+                log.error("training.publish_failed", error=str(exc))
+                self._unreported[job.id] = job
+                return
+            except BaseException:  # cancelled: ``close`` tells the board
+                self._unreported[job.id] = job
+                raise
+        if not kept:  # another process has it now: this one's outcome is not the job's
+            self._lost.discard(job.id)
+            self._jobs.pop(job.id, None)  # the board answers for it from now on
+            log.warning("training.outcome_dropped", job_id=job.id, state=job.state)
+            return
+        FIGURES.training_jobs[job.state] = FIGURES.training_jobs.get(job.state, 0) + 1
+        log.info("training.finished", job_id=job.id, state=job.state, family=job.key.family,
+                 model_type=job.key.model_type, version=job.version)
+
+    def _write_data(self, job_id: str, data: bytes) -> Path:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{job_id}-", suffix=".csv", dir=self._scratch)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return Path(name)
 
     async def _in_process(self, job: TrainingJob, spec: TrainingSpec):
         """Train in a process of its own; JobStopped when it is stopped or runs too long."""
         receiving, sending = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(spec, self._queue, sending, os.getpid(), self._memory_mb),
+            args=(spec, sending, os.getpid(), self._memory_mb),
             name=f"nember-train-{job.id}", daemon=True,
         )
         with _one_thread():
@@ -319,8 +426,8 @@ class TrainingJobs:
         if job.id in self._cancelled:  # cancelled while it started
             process.terminate()
         try:
-            outcome = await asyncio.wait_for(asyncio.to_thread(_receive, receiving),
-                                             self._timeout)
+            outcome = await asyncio.wait_for(
+                asyncio.to_thread(_receive, receiving, self._progress_of(job.id)), self._timeout)
         except asyncio.TimeoutError:
             raise JobStopped(f"training took longer than the limit of {self._timeout:g} s "
                              "(server.training_timeout)") from None
@@ -340,21 +447,32 @@ class TrainingJobs:
             raise value
         return value
 
-    async def _run(self, job: TrainingJob, spec: TrainingSpec, cleanup: Path | None) -> None:
+    async def _train(self, job: TrainingJob, spec: dict[str, Any], data: bytes):
+        path = None
         try:
-            self._queued.add(job.id)
-            try:
-                await self._slots.acquire(job.account_id)
-            finally:
-                self._queued.discard(job.id)
-            try:
-                if job.id in self._cancelled:
-                    raise JobStopped(self._cancelled[job.id])
-                job.state, job.stage = "running", "starting"
-                self._changed.add(job.id)
-                trained = await self._in_process(job, spec)
-            finally:
-                self._slots.release()
+            # Asked to stop before it was claimed (its previous claimer died meanwhile)?
+            if job.id in await self._board.cancel_requested([job.id]):
+                self._cancelled.setdefault(job.id, CANCELLED)
+            if job.id in self._cancelled:
+                raise JobStopped(self._cancelled[job.id])
+            path = await asyncio.to_thread(self._write_data, job.id, data)
+            del data  # on disk now: not held in this process for the whole run
+            training = TrainingSpec(
+                job_id=job.id, key=job.key, data=path, target=spec["target"],
+                window=int(spec["window"]), features=spec.get("features"),
+                params=dict(spec.get("params") or {}), data_label=spec.get("data_label"))
+            return await self._in_process(job, training)
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    async def _run(self, job: TrainingJob, spec: dict[str, Any], data: bytes) -> None:
+        """Run a claimed job to its end and report it. Cancelled (the server stops), it
+        reports nothing: ``close`` gives it back to the queue."""
+        training = self._train(job, spec, data)
+        del data  # the training coroutine holds it, until it is on disk
+        try:
+            trained = await training
             job.stage = "saving"
             self._changed.add(job.id)
             meta = await self._store.save(trained.meta, trained.artifact)
@@ -367,45 +485,37 @@ class TrainingJobs:
         except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving
             log.error("training.failed", job_id=job.id, error=repr(exc))
             job.state, job.error = "failed", f"training failed unexpectedly: {exc}"
-        except asyncio.CancelledError:
-            job.state, job.error = "failed", self._cancelled.get(job.id, STOPPED)
-            if job.id not in self._cancelled:  # the server is stopping
-                raise
         finally:
-            job.finished_at = utcnow()
             self._cancelled.pop(job.id, None)
-            self._changed.add(job.id)
-            if cleanup is not None:
-                cleanup.unlink(missing_ok=True)
-        try:  # the outcome at once: a poll reaching another server process must see it too
-            await self._board.write([job], KEEP_FINISHED)
-        except Exception as exc:  # the publisher's next turn tries again
-            log.error("training.publish_failed", error=str(exc))
-        log.info("training.finished", job_id=job.id, state=job.state, family=job.key.family,
-                 model_type=job.key.model_type, version=job.version)
+        job.finished_at = utcnow()
+        # The outcome at once: a poll reaching another server process must see it too.
+        await self._report(job)
 
     def _forget_old(self) -> None:
         finished = sorted(
-            (job for job in self._jobs.values() if job.finished_at is not None),
+            (job for job in self._jobs.values()
+             if job.finished_at is not None and job.id not in self._unreported),
             key=lambda job: job.finished_at,
         )
         for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._jobs[job.id]
+            self._lost.discard(job.id)
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-        for task in list(self._tasks):
+        for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._runs.values()):
+            task.cancel()
+        await asyncio.gather(*self._runs.values(), return_exceptions=True)
         try:
-            await self._publish()  # the last states, stopped jobs included
-        except Exception as exc:
+            for job in list(self._unreported.values()):  # the outcomes not told yet
+                del self._unreported[job.id]
+                await self._report(job)
+            stopped = [job_id for job_id, job in self._jobs.items()
+                       if job.finished_at is None and job_id not in self._lost]
+            if stopped:  # back to the queue, for another process or this one's successor
+                await self._board.release(self.worker, stopped)
+                log.info("training.released", jobs=stopped, worker=self.worker)
+        except Exception as exc:  # they are orphaned then, and re-queued after a while
             log.error("training.publish_failed", error=str(exc))
-        try:
-            self._queue.put(None)  # the reader's signal to stop...
-        except (OSError, ValueError):
-            pass
-        else:  # ...which it must have read before the queue closes under it
-            await asyncio.to_thread(self._reader.join, 5)
-        self._queue.close()

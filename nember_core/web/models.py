@@ -17,7 +17,7 @@ from .auth import caller
 from .context import CONTEXT, iso, items, services
 from .errors import ApiError
 
-UPLOADS = "uploads"  # in data_dir: each training job's CSV, deleted when the job ends
+UPLOADS = "uploads"  # in data_dir: uploads being checked, and claimed jobs' CSVs while they run
 STALE_UPLOAD_SECONDS = 24 * 3600
 
 

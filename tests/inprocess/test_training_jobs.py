@@ -1,6 +1,8 @@
 """Training jobs can be stopped: cancelled by their owner (queued or running), or failed when
 they run past server.training_timeout or server.training_memory_mb, or when their process dies;
-a stopped job stores no model and leaves no process."""
+a stopped job stores no model and leaves no process. Jobs are queued on the job board, so a
+server other than the one that accepted a job may run it: one with a free slot, or the next
+one when a server stops."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import sqlite3
 import sys
 
 import aiohttp
@@ -15,8 +18,9 @@ import pytest
 
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
-from tests.harness import write_config
-from tests.helpers import REQUEST, training_form
+from nember_core.web import CONTEXT
+from tests.harness import write_config, write_prices
+from tests.helpers import REQUEST, request, training_form
 
 from .conftest import ask, authed
 
@@ -25,9 +29,10 @@ LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"),
                            reason="the memory cap is Linux's RLIMIT_AS")
 
 
-def _form(prepared, strat: str, params: str = SLOW) -> aiohttp.FormData:
+def _form(prepared, strat: str, params: str = SLOW, data: bytes | None = None
+          ) -> aiohttp.FormData:
     form = aiohttp.FormData()
-    form.add_field("data", prepared.data.read_bytes(), filename="prices.csv",
+    form.add_field("data", data or prepared.data.read_bytes(), filename="prices.csv",
                    content_type="text/csv")
     for name, value in {"strat": strat, "model": "RandomForest", "type": "class",
                         "target": "direction", "window": "2", "params": params}.items():
@@ -55,12 +60,22 @@ def _training_processes() -> list:
     return [p for p in multiprocessing.active_children() if p.name.startswith("nember-train")]
 
 
+async def _training_process():
+    """The training process, once its job (claimed: ``running``) started one."""
+    for _ in range(200):
+        if found := _training_processes():
+            (process,) = found
+            return process
+        await asyncio.sleep(0.02)
+    raise AssertionError("no training process")
+
+
 async def test_a_running_job_is_cancelled_by_its_owner(client, prepared):
     status, job = await _call(client, "POST", "/api/models", prepared.key,
                               data=_form(prepared, "cancel-running"))
     assert status == 202
     await _until(client, prepared.key, job["id"], ("running",))
-    assert _training_processes()
+    assert await _training_process()
     # Another account can't; the owner can.
     assert (await _call(client, "DELETE", f"/api/jobs/{job['id']}", prepared.other_key))[0] == 404
     status, cancelled = await _call(client, "DELETE", f"/api/jobs/{job['id']}", prepared.key)
@@ -176,7 +191,7 @@ async def test_a_job_whose_process_dies_fails_and_says_why(client, prepared):
     status, job = await _call(client, "POST", "/api/models", prepared.key,
                               data=_form(prepared, "killed"))
     await _until(client, prepared.key, job["id"], ("running",))
-    (process,) = _training_processes()
+    process = await _training_process()
     os.kill(process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
     ended = await _until(client, prepared.key, job["id"], ("failed", "succeeded"))
     assert (ended["state"], ended["error"]) == ("failed", (
@@ -184,3 +199,57 @@ async def test_a_job_whose_process_dies_fails_and_says_why(client, prepared):
         "memory (limit 4096 MB, server.training_memory_mb): use less data, a smaller window or "
         "smaller hyperparameters"))
     assert (await _call(client, "GET", "/api/models", prepared.key))[0] == 200
+
+
+def _worker(client) -> str:
+    """The name the app's training jobs claim jobs under."""
+    return client.app[CONTEXT].services.models._jobs.worker
+
+
+def _on_the_board(prepared, job_id: str) -> tuple[str, str | None, int]:
+    """The job's state, claimer and attempts, as the SQLite board has them."""
+    data_dir = Nember.load(str(prepared.config)).config.data_dir
+    with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
+        return db.execute("SELECT state, claimed_by, attempts FROM jobs WHERE id = ?",
+                          (job_id,)).fetchone()
+
+
+async def test_a_job_accepted_by_a_busy_server_is_run_by_another(
+    client, aiohttp_client, prepared, tmp_path
+):
+    long = write_prices(tmp_path / "long.csv", rows=3000).read_bytes()  # half a minute's work
+    slow = (await _call(client, "POST", "/api/models", prepared.key,
+                        data=_form(prepared, "busy", data=long)))[1]
+    await _until(client, prepared.key, slow["id"], ("running",))  # the first's one slot
+    other = await aiohttp_client(create_app(Nember.load(str(prepared.config))))  # same stores
+    status, job = await _call(client, "POST", "/api/models", prepared.key, data=training_form(
+        prepared.data.read_bytes(), strat="ran-elsewhere"))
+    assert status == 202
+    ended = await _until(client, prepared.key, job["id"], ("failed", "succeeded"))
+    assert ended["state"] == "succeeded", ended["error"]
+    assert _on_the_board(prepared, job["id"]) == ("succeeded", _worker(other), 1)
+    assert _on_the_board(prepared, slow["id"]) == ("running", _worker(client), 1)
+    ws = await authed(client, prepared.key)  # the model serves where the job was accepted
+    assert (await ask(ws, request(strat_name="ran-elsewhere")))["type"] == "success"
+    await ws.close()
+    await _call(other, "DELETE", f"/api/jobs/{slow['id']}", prepared.key)  # from the other
+    stopped = await _until(other, prepared.key, slow["id"], ("failed", "succeeded"))
+    assert (stopped["state"], stopped["error"]) == ("failed", "cancelled by its owner")
+
+
+async def test_a_job_of_a_server_that_stops_is_run_by_the_next(
+    aiohttp_client, prepared, tmp_path
+):
+    long = write_prices(tmp_path / "long.csv", rows=3000).read_bytes()
+    first = await aiohttp_client(create_app(Nember.load(str(prepared.config))))
+    job = (await _call(first, "POST", "/api/models", prepared.key,
+                       data=_form(prepared, "handed-over", data=long)))[1]
+    await _until(first, prepared.key, job["id"], ("running",))
+    await first.close()  # its process gives the job back to the queue; the attempt is free
+    assert _on_the_board(prepared, job["id"]) == ("queued", None, 0)
+    second = await aiohttp_client(create_app(Nember.load(str(prepared.config))))
+    await _until(second, prepared.key, job["id"], ("running",))
+    assert _on_the_board(prepared, job["id"]) == ("running", _worker(second), 1)
+    await _call(second, "DELETE", f"/api/jobs/{job['id']}", prepared.key)
+    ended = await _until(second, prepared.key, job["id"], ("failed", "succeeded"))
+    assert (ended["state"], ended["error"]) == ("failed", "cancelled by its owner")
