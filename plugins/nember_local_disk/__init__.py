@@ -182,12 +182,30 @@ class LocalDiskOptions:
         "doc": "the folder of the models; default: data_dir/models"})
 
 
+def _root(options: LocalDiskOptions, context: PluginContext) -> Path:
+    return options.path or context.data_dir / "models"
+
+
 def _create(options: LocalDiskOptions, context: PluginContext) -> LocalDiskModelStore:
-    return LocalDiskModelStore(options.path or context.data_dir / "models")
+    return LocalDiskModelStore(_root(options, context))
+
+
+async def _backup(options: LocalDiskOptions, context: PluginContext, folder: Path) -> list[str]:
+    from .backup import backup_models
+
+    return await asyncio.to_thread(backup_models, _root(options, context), folder)
+
+
+async def _restore(options: LocalDiskOptions, context: PluginContext, folder: Path,
+                   dry_run: bool) -> list[str]:
+    from .backup import restore_models
+
+    return await asyncio.to_thread(restore_models, _root(options, context), folder, dry_run)
 
 
 @hookimpl
 def nember_model_stores():
-    return [Provider(name="local_disk", create=_create, options=LocalDiskOptions, default=True)]
+    return [Provider(name="local_disk", create=_create, options=LocalDiskOptions, default=True,
+                     backup=_backup, restore=_restore)]
 
 

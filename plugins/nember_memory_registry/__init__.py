@@ -72,4 +72,5 @@ def _create(options: None, context: PluginContext) -> MemoryConnectionRegistry:
 
 @hookimpl
 def nember_connection_registries():
-    return [Provider(name="memory", create=_create, shared_across_processes=False)]
+    return [Provider(name="memory", create=_create, shared_across_processes=False,
+                     backup_note="holds only live connections, in memory: nothing to back up")]

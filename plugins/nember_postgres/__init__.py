@@ -52,7 +52,7 @@ def _provider(module_name: str, class_name: str) -> Provider:
         return [state.describe()]
 
     return Provider(name="postgres", create=create, options=PostgresOptions,
-                          upgrade=upgrade)
+                    upgrade=upgrade, backup_note="in PostgreSQL: back it up with pg_dump")
 
 
 @hookimpl

@@ -103,4 +103,5 @@ async def _create(options: RedisOptions, context: PluginContext) -> RedisConnect
 @hookimpl
 def nember_connection_registries():
     return [Provider(name="redis", create=_create, options=RedisOptions,
-                     shared_across_processes=True)]
+                     shared_across_processes=True,
+                     backup_note="holds only live connections: nothing to back up")]

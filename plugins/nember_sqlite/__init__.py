@@ -4,6 +4,7 @@ shares."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import attrs
@@ -34,6 +35,26 @@ class RegistryOptions:
             raise ValueError("heartbeat: expected a number of seconds > 0")
 
 
+def _file_backups(default_name: str) -> dict:
+    """``backup`` and ``restore`` of the store whose file is ``path``, else
+    ``data_dir/default_name`` (SQLite's online backup API, off the event loop)."""
+
+    async def backup(options: SqliteOptions, context: PluginContext, folder: Path) -> list[str]:
+        from .backup import backup_file
+
+        path = options.path or context.data_dir / default_name
+        return await asyncio.to_thread(backup_file, path, folder)
+
+    async def restore(options: SqliteOptions, context: PluginContext, folder: Path,
+                      dry_run: bool) -> list[str]:
+        from .backup import restore_file
+
+        path = options.path or context.data_dir / default_name
+        return await asyncio.to_thread(restore_file, path, folder, dry_run)
+
+    return {"backup": backup, "restore": restore}
+
+
 async def _key_store(options: SqliteOptions, context: PluginContext) -> SqliteKeyStore:
     return await SqliteKeyStore.open(options.path or context.data_dir / "keys.sqlite3")
 
@@ -45,13 +66,13 @@ async def _ledger(options: SqliteOptions, context: PluginContext) -> SqliteBilli
 @hookimpl
 def nember_key_stores():
     return [Provider(name="sqlite", create=_key_store, options=SqliteOptions,
-                     default=True)]
+                     default=True, **_file_backups("keys.sqlite3"))]
 
 
 @hookimpl
 def nember_billing_ledgers():
     return [Provider(name="sqlite", create=_ledger, options=SqliteOptions,
-                     default=True)]
+                     default=True, **_file_backups("billing.sqlite3"))]
 
 
 async def _registry(options: RegistryOptions, context: PluginContext) -> SqliteConnectionRegistry:
@@ -60,10 +81,19 @@ async def _registry(options: RegistryOptions, context: PluginContext) -> SqliteC
     )
 
 
+async def _registry_in_use(options: RegistryOptions, context: PluginContext) -> str | None:
+    from .backup import registry_in_use
+    from .registry import STALE_AFTER
+
+    path = options.path or context.data_dir / "connections.sqlite3"
+    return await asyncio.to_thread(registry_in_use, path, STALE_AFTER * options.heartbeat)
+
+
 @hookimpl
 def nember_connection_registries():
     return [Provider(name="sqlite", create=_registry, options=RegistryOptions,
-                     default=True)]
+                     default=True, in_use=_registry_in_use,
+                     backup_note="holds only live connections: nothing to back up")]
 
 
 async def _job_board(options: SqliteOptions, context: PluginContext) -> SqliteJobBoard:
@@ -72,4 +102,5 @@ async def _job_board(options: SqliteOptions, context: PluginContext) -> SqliteJo
 
 @hookimpl
 def nember_job_boards():
-    return [Provider(name="sqlite", create=_job_board, options=SqliteOptions, default=True)]
+    return [Provider(name="sqlite", create=_job_board, options=SqliteOptions, default=True,
+                     **_file_backups("jobs.sqlite3"))]
