@@ -20,7 +20,11 @@ import yaml
 
 from nember_core.errors import ConfigError
 
-DEFAULT_CONFIG = Path("config") / "nember.yaml"
+DEFAULT_CONFIG = Path("config") / "nember.yaml"  # in the current folder (PROTOCOL.md §3)
+# Where a config is looked for when neither --config nor $NEMBER_CONFIG names one, in order:
+# the current folder's (a project's checkout, as the quick start runs it), then the user's.
+LOCAL_CONFIGS = (DEFAULT_CONFIG, Path("nember.yaml"))
+APP_FOLDER = "nember"  # under $XDG_CONFIG_HOME and $XDG_DATA_HOME
 
 
 REQUIRED = attrs.NOTHING  # a setting without a default: the config must give it
@@ -114,7 +118,9 @@ class LogConfig:
 @attrs.frozen(kw_only=True)
 class Config:
     path: Path | None = setting(REQUIRED, "the file read; None: the defaults alone")
-    data_dir: Path = setting(Path("var"), "where the embedded plugins keep their files")
+    data_dir: Path = setting(Path("var"), "where the embedded plugins keep their files "
+                                          "(without a config file, or in the per-user one: "
+                                          "~/.local/share/nember)")
     server: ServerConfig = setting(REQUIRED, "the server: /ws, the REST API, the dashboard")
     key_store: PluginSection = setting(REQUIRED, "accounts, hashed API keys and sessions")
     billing: BillingConfig = setting(REQUIRED, "durable charges, and usage")
@@ -147,18 +153,83 @@ LOG_FORMATS = ("json", "console")
 MIN_TRAINING_MEMORY_MB = 512
 
 
-def config_path(explicit: str | None) -> tuple[Path | None, bool]:
-    """The config file to read, and whether the user named it (then it must exist)."""
+def _xdg_folder(variable: str, fallback: str) -> Path:
+    """An XDG base folder: the variable when it holds an absolute path, else ~/fallback."""
+    value = os.environ.get(variable, "")
+    if value and Path(value).is_absolute():
+        return Path(value)
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME, and no password-file entry to find it in
+        raise ConfigError("cannot find your home folder: set HOME, or pass --config FILE "
+                          "(with data_dir)") from None
+    return home / fallback
+
+
+def user_config_file() -> Path:
+    """The per-user config: ``$XDG_CONFIG_HOME/nember/nember.yaml`` (~/.config/...)."""
+    return _xdg_folder("XDG_CONFIG_HOME", ".config") / APP_FOLDER / "nember.yaml"
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder, the ``data_dir`` without a config file and the per-user
+    config's default: ``$XDG_DATA_HOME/nember`` (~/.local/share/nember)."""
+    return _xdg_folder("XDG_DATA_HOME", ".local/share") / APP_FOLDER
+
+
+# How a config was found (ConfigSource.found_by), and how a line on stderr says it.
+FOUND_BY = {
+    "--config": "from --config",
+    "$NEMBER_CONFIG": "from $NEMBER_CONFIG",
+    "current folder": "found in the current folder",
+    "user": "your per-user config",
+}
+
+
+@attrs.frozen
+class ConfigSource:
+    """The config file a command reads, and how it was found."""
+
+    path: Path | None  # None: no config file, the defaults alone
+    found_by: str  # a key of FOUND_BY; "" with no file
+    named: bool = False  # named by the user: it must exist
+
+    def describe(self) -> str:
+        """For a line on stderr: ``config FILE (how it was found)``, or that there is none."""
+        if self.path is None:
+            return "no config file found"
+        return f"config {self.path} ({FOUND_BY[self.found_by]})"
+
+
+def find_config(explicit: str | None) -> ConfigSource:
+    """The config to read, in this order: ``--config FILE``; ``$NEMBER_CONFIG``;
+    ``config/nember.yaml``, then ``nember.yaml``, in the current folder; the per-user
+    ``$XDG_CONFIG_HOME/nember/nember.yaml``; else none (the defaults, with the data in
+    :func:`user_data_dir`)."""
     if explicit:
-        return Path(explicit), True
+        return ConfigSource(Path(explicit), "--config", named=True)
     if os.environ.get("NEMBER_CONFIG"):
-        return Path(os.environ["NEMBER_CONFIG"]), True
-    return DEFAULT_CONFIG, False
+        return ConfigSource(Path(os.environ["NEMBER_CONFIG"]), "$NEMBER_CONFIG", named=True)
+    for candidate in LOCAL_CONFIGS:
+        if candidate.is_file():
+            return ConfigSource(candidate, "current folder")
+    user = user_config_file()
+    if user.is_file():
+        return ConfigSource(user, "user")
+    return ConfigSource(None, "")
 
 
 def load_config(explicit: str | None, providers: dict[str, dict[str, Any]]) -> Config:
-    """Read and validate the config. ``providers``: role -> {plugin name -> Provider}."""
-    path, named = config_path(explicit)
+    """Find (:func:`find_config`), read and validate the config. ``providers``: role ->
+    {plugin name -> Provider}."""
+    return read_config(find_config(explicit), providers)
+
+
+def read_config(source: ConfigSource, providers: dict[str, dict[str, Any]]) -> Config:
+    """Read and validate the config ``source`` names (the defaults when it names none)."""
+    path = source.path
+    # The per-user config keeps settings, not data: its default data_dir is the user's.
+    default_data_dir = user_data_dir() if source.found_by == "user" else None
     if path is not None and path.exists():
         try:
             text = path.read_text(encoding="utf-8")
@@ -169,21 +240,32 @@ def load_config(explicit: str | None, providers: dict[str, dict[str, Any]]) -> C
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
-        return parse_config(raw if raw is not None else {}, path, providers)
-    if named:
+        return parse_config(raw if raw is not None else {}, path, providers, default_data_dir)
+    if source.named:
         raise ConfigError(f"{path}: config file not found")
     return parse_config({}, None, providers)
 
 
-def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any]]) -> Config:
+def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any]],
+                 default_data_dir: Path | None = None) -> Config:
+    """Validate ``raw``, read from ``path`` (``None``: no file). Relative paths resolve
+    against the file's folder (the current folder without one). Without a ``data_dir`` key,
+    the data goes in ``default_data_dir``, else ``var`` beside the file, else (no file) in
+    :func:`user_data_dir`."""
     where = str(path) if path else "<defaults>"
     base = path.parent.resolve() if path else Path.cwd()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the config must be a mapping of keys to values")
     _reject_unknown(raw, TOP_LEVEL, "", where)
 
-    default_dir = str(attrs.fields(Config).data_dir.default)
-    data_dir = _structure(Path, raw.get("data_dir", default_dir), "data_dir", where, base)
+    if "data_dir" in raw:
+        data_dir = _structure(Path, raw["data_dir"], "data_dir", where, base)
+    elif default_data_dir is not None:
+        data_dir = default_data_dir
+    elif path is not None:
+        data_dir = base / attrs.fields(Config).data_dir.default
+    else:
+        data_dir = user_data_dir()
     server = _structure(ServerConfig, raw.get("server", {}), "server", where, base)
     log = _structure(LogConfig, raw.get("log", {}), "log", where, base)
     dashboard = _structure(DashboardConfig, raw.get("dashboard", {}), "dashboard", where, base)
@@ -364,5 +446,6 @@ def _structure(tp: Any, value: Any, key: str, where: str, base: Path) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: {key}: expected a path, got {_kind(value)}")
         path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
+        # ``base`` is resolved already: config/../var is var, said so in messages too.
+        return path if path.is_absolute() else Path(os.path.normpath(base / path))
     raise ConfigError(f"{where}: {key}: unsupported option type {tp!r}")  # a plugin's bug

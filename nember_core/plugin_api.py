@@ -343,11 +343,12 @@ class JobBoard(Protocol):
         ``starting``, progress 0), claimed by ``worker``, its attempts counted one more, as
         written now (the first heartbeat).
 
-        Which job: fair between accounts over every claimer sharing the board. The queued
-        jobs of the accounts with the fewest running jobs come first; among those, the
-        account whose last claim is oldest (never claimed first); within an account, its
-        oldest job (``created_at``, then ``id``). So one account's many jobs take turns with
-        another's one, and never hold it back for more than one turn per free slot.
+        Which job: fair between accounts over every claimer sharing the board, as if each
+        claim were the only one at that moment. Of the accounts with queued jobs, those with
+        the fewest running jobs come first; among those, the account whose last claim is the
+        oldest (one never claimed for: first); of that account, its oldest queued job
+        (``created_at``, then ``id``). So waiting accounts take turns: an account that queued
+        many jobs gets a slot that frees only after every other waiting account got one.
         """
 
     async def heartbeat(self, worker: str, jobs: Sequence[TrainingJob]) -> set[str]:
@@ -359,8 +360,9 @@ class JobBoard(Protocol):
     async def finish(self, worker: str, job: TrainingJob, keep: int) -> bool:
         """Store how a job ``worker`` claimed ended: its ``state`` (``succeeded`` or
         ``failed``), ``progress``, ``stage``, ``error``, ``model_id``, ``version`` and
-        ``finished_at``; drop its payload; keep at least the newest ``keep`` jobs (as
-        ``write``). ``False``, and nothing written, when the job is no longer ``worker``'s."""
+        ``finished_at`` (now, when it is ``None``); drop its payload; keep at least the
+        newest ``keep`` jobs (as ``write``). ``False``, and nothing written, when the job is
+        no longer ``worker``'s."""
 
     async def release(self, worker: str, job_ids: Sequence[str]) -> None:
         """Give these running jobs of ``worker`` back to the queue (``queued``, progress 0,
@@ -370,8 +372,9 @@ class JobBoard(Protocol):
 
     async def withdraw(self, job_id: str, error: str) -> bool:
         """End a job that is still ``queued`` before any claimer takes it: ``failed`` with
-        ``error``, ``finished_at`` now, its payload dropped. ``False`` (nothing changed) when
-        it is not queued: running (see ``request_cancel``), ended, or unknown."""
+        ``error``, stage ``withdrawn``, ``finished_at`` now, its payload dropped. ``False``
+        (nothing changed) when it is not queued: running (see ``request_cancel``), ended, or
+        unknown."""
 
     async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
         """Store these jobs' state as given, without payload (nobody can claim them); keep

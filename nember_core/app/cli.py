@@ -8,13 +8,15 @@ import getpass
 import os
 import socket
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from nember_core import __version__
 from nember_core.config import ROLES
-from nember_core.errors import NemberError
+from nember_core.errors import NemberError, NotFound
 from nember_core.plugin_api import PluginContext
+from nember_core.records import ModelKey, ModelMeta
 from nember_core.rules import SCOPES
 from nember_core.services import Services, TrainingRequest
 
@@ -22,73 +24,280 @@ from .logs import configure
 from .nember import Nember
 from .progress import ProgressBar
 
+CONFIG_HELP = ("the config file (default: $NEMBER_CONFIG; else config/nember.yaml, then "
+               "nember.yaml, in the current folder; else ~/.config/nember/nember.yaml)")
+
+ABOUT = """\
+Where the config and the data are: --config FILE; else the file $NEMBER_CONFIG names; else
+config/nember.yaml, then nember.yaml, in the current folder; else the per-user
+$XDG_CONFIG_HOME/nember/nember.yaml (~/.config/nember/nember.yaml). Relative paths in a
+config resolve against its folder; its data_dir defaults to var beside it (for the
+per-user config, to the per-user data folder). With no config file at all, the defaults
+serve, with the data in $XDG_DATA_HOME/nember (~/.local/share/nember). serve and demo say
+on stderr which config and data they use, unless --config names it.
+
+The commands that work on accounts, keys and models (all but accounts create, which makes
+the first account) never create data: where there is none, they say so in one line and exit
+1. Errors are one line on stderr and a non-zero exit status."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Prose lines are filled to the terminal's width; indented lines (examples) are kept."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        prose: list[str] = []
+
+        def flush() -> None:
+            if prose:
+                lines.append(textwrap.fill(" ".join(prose), width, initial_indent=indent,
+                                           subsequent_indent=indent))
+                prose.clear()
+
+        for line in text.splitlines():
+            if not line.strip():
+                flush()
+                lines.append("")
+            elif line.startswith(" "):
+                flush()
+                lines.append(indent + line)
+            else:
+                prose.append(line.strip())
+        flush()
+        return "\n".join(lines)
+
+
+class _InstalledFamilies:
+    """The installed model families, looked up only when a help text shows them."""
+
+    def __str__(self) -> str:
+        from nember_core.plugins import installed_families
+
+        try:
+            return ", ".join(sorted(installed_families())) or "none"
+        except NemberError as exc:
+            return f"unknown ({exc})"
+
+
+def _command(sub, name: str, common: argparse.ArgumentParser, summary: str, description: str,
+             *examples: str) -> argparse.ArgumentParser:
+    """A (sub)command with its one-line summary, a description and examples (its epilog)."""
+    epilog = None
+    if examples:
+        epilog = ("examples:\n" if len(examples) > 1 else "example:\n") + "\n".join(
+            f"  {example}" for example in examples)
+    return sub.add_parser(name, parents=[common], help=summary, description=description,
+                          epilog=epilog, formatter_class=_HelpFormatter)
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="config file (default: $NEMBER_CONFIG, then config/nember.yaml)",
-    )
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser = argparse.ArgumentParser(
         prog="nember", description="Nember: predictions for trading bots over a websocket.",
-        parents=[common],
+        epilog=ABOUT + "\n\nexamples:\n  nember demo\n  nember serve --config /etc/nember.yaml"
+                       "\n  nember train --help",
+        parents=[common], formatter_class=_HelpFormatter,
     )
     parser.add_argument("-V", "--version", action="version", version=f"nember {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these; `nember COMMAND --help` says more")
 
-    demo = sub.add_parser("demo", parents=[common], help="sample account, key and models; serve")
-    serve = sub.add_parser("serve", parents=[common], help="serve /ws until stopped")
+    demo = _command(
+        sub, "demo", common, "sample account, key and models; serve",
+        "Make (once; later runs reuse them) a demo account and API key, a sample price series, "
+        "and models of every installed family, class and reg, for the strategy "
+        "example_strategy; print the key and a command to try; then serve as `nember serve` "
+        "does, until Ctrl-C.",
+        "nember demo", "nember demo --port 9000")
+    serve = _command(
+        sub, "serve", common, "serve /ws, the REST API and the dashboard until stopped",
+        "Serve the websocket /ws, the REST API under /api/ and the dashboard, on one port, "
+        "until SIGINT or SIGTERM (then drain the connections, closing them with 1001).",
+        "nember serve", "nember serve --config /etc/nember/nember.yaml --host 0.0.0.0 "
+        "--port 8765 --workers 4")
     for command in (demo, serve):
-        command.add_argument("--host", help="listen address (overrides server.host)")
-        command.add_argument("--port", type=int, help="listen port (overrides server.port)")
+        command.add_argument("--host", metavar="HOST",
+                             help="the address to listen on (overrides server.host)")
+        command.add_argument("--port", type=int, metavar="PORT",
+                             help="the port to listen on, 0 to 65535 (overrides server.port)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="server processes sharing the port (overrides server.workers)")
 
-    accounts = sub.add_parser("accounts", parents=[common], help="manage accounts")
-    accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = accounts_sub.add_parser(
-        "create", parents=[common], help="create an account (password: $NEMBER_PASSWORD or prompt)"
-    )
-    create.add_argument("email")
+    accounts = _command(
+        sub, "accounts", common, "create and list accounts, change passwords",
+        "Accounts own API keys and models, and log in to the dashboard.",
+        "nember accounts create trader@example.com", "nember accounts list")
+    accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="create, list or password; `ACTION --help` says more")
+    create = _command(
+        accounts_sub, "create", common,
+        "create an account (password: $NEMBER_PASSWORD, else prompted)",
+        "Create an account. Its password comes from $NEMBER_PASSWORD, else it is asked for "
+        "twice (in a terminal); 8 characters at least. This command makes the data folder "
+        "when there is none yet.",
+        "NEMBER_PASSWORD='a long secret' nember accounts create trader@example.com")
+    create.add_argument("email", metavar="EMAIL", help="the account's email (its login)")
+    _command(accounts_sub, "list", common, "list the accounts: id, email, created",
+             "List every account, oldest first: id, email and creation time, tab-separated.",
+             "nember accounts list")
+    password = _command(
+        accounts_sub, "password", common,
+        "change an account's password (from $NEMBER_PASSWORD, else prompted)",
+        "Give an account a new password, from $NEMBER_PASSWORD, else asked for twice (in a "
+        "terminal), and end its dashboard sessions (when the key store can; else they end "
+        "when they expire, and the command says so). Its API keys keep working.",
+        "nember accounts password trader@example.com")
+    password.add_argument("email", metavar="EMAIL", help="the account's email")
 
-    keys = sub.add_parser("keys", parents=[common], help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    key_create = keys_sub.add_parser("create", parents=[common], help="create an API key")
-    key_create.add_argument("--account", required=True, metavar="EMAIL")
-    key_create.add_argument("--name", default="default", help="a name to recognise the key by")
+    keys = _command(sub, "keys", common, "create, list and revoke API keys",
+                    "API keys: what bots send as the first frame of /ws, and what scripts "
+                    "send to the REST API (Authorization: Bearer KEY).",
+                    "nember keys create --account trader@example.com --name bot-1")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="create, list or revoke; `ACTION --help` says more")
+    key_create = _command(
+        keys_sub, "create", common, "create an API key (printed alone on the last line)",
+        "Create an API key for an account. The key is printed this once, alone on the last "
+        "line of stdout; only its hash is stored.",
+        "KEY=$(nember keys create --account trader@example.com --name bot-1 | tail -n 1)",
+        "nember keys create --account trader@example.com --name scripts --scope manage")
+    key_create.add_argument("--account", required=True, metavar="EMAIL",
+                            help="the email of the account that owns the key")
+    key_create.add_argument("--name", default="default",
+                            help="a name to recognise the key by (default: %(default)s)")
     key_create.add_argument(
         "--scope", choices=SCOPES, default="predict",
-        help="predict: /ws only (a bot's); read: also the REST API's GET routes; manage: all",
+        help="predict: /ws only (a bot's); read: also the REST API's GET routes; manage: "
+             "every route (default: %(default)s)",
     )
-    key_list = keys_sub.add_parser("list", parents=[common], help="list an account's keys")
-    key_list.add_argument("--account", required=True, metavar="EMAIL")
-    key_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
-    key_revoke.add_argument("key", metavar="KEY", help="the key's id, or the key itself")
+    key_list = _command(
+        keys_sub, "list", common, "list an account's keys",
+        "List an account's API keys, tab-separated: id, name, prefix (the key's first "
+        "characters), created, revoked (- while active).",
+        "nember keys list --account trader@example.com")
+    key_list.add_argument("--account", required=True, metavar="EMAIL",
+                          help="the email of the account whose keys to list")
+    key_revoke = _command(
+        keys_sub, "revoke", common, "revoke an API key",
+        "Revoke an API key: it is refused from now on, and its live connections close with "
+        "4401 within seconds, on every server. A key revoked already stays so (since the first "
+        "time), and the command says so.",
+        "nember keys revoke key_0123456789abcdef")
+    key_revoke.add_argument("key", metavar="KEY",
+                            help="the key's id, as `nember keys list` shows, or the key itself")
 
-    train = sub.add_parser("train", parents=[common], help="train a model from a CSV file")
-    train.add_argument("--account", required=True, metavar="EMAIL")
-    train.add_argument("--strat", required=True, metavar="NAME", help="strategy name")
-    train.add_argument("--model", required=True, metavar="FAMILY", help="model family")
-    train.add_argument("--type", required=True, choices=["class", "reg"], dest="model_type")
-    train.add_argument("--data", required=True, type=Path, metavar="FILE.csv")
-    train.add_argument("--target", required=True, metavar="COLUMN")
-    train.add_argument("--window", type=int, default=1, metavar="W", help="data points per sample")
-    train.add_argument("--features", metavar="a,b,...", help="default: every numeric column")
+    train = _command(
+        sub, "train", common, "train a model from a CSV file",
+        "Train a model from a CSV file in time order, in this process, and store it as the "
+        "newest version of (account, strategy, family, type); servers pick it up within "
+        "seconds. Sample t is the features of rows t-W+1..t, labelled with the target of row "
+        "t; the newest fifth of the samples is held out to measure the model, then it is "
+        "fitted on all of them. Progress goes to stderr: a bar in a terminal, else (after "
+        "5 s) a line per stage. A tree model is then compiled to native code (when "
+        "server.compile_trees is on, and gcc and TL2cgen are installed), so that servers "
+        "load it native.",
+        "nember train --account trader@example.com --strat my_strategy \\\n"
+        "      --model XGBoost --type class --data prices.csv --target direction \\\n"
+        "      --window 2 --features point1,point2 --param max_depth=4")
+    train.add_argument("--account", required=True, metavar="EMAIL",
+                       help="the email of the account that owns the model")
+    train.add_argument("--strat", required=True, metavar="NAME",
+                       help="the strategy name, as bots send it in strat_name")
+    family = train.add_argument(
+        "--model", required=True, metavar="FAMILY",
+        help="the model family, one of those installed: %(families)s")
+    family.families = _InstalledFamilies()  # type: ignore[attr-defined]
+    train.add_argument("--type", required=True, choices=["class", "reg"], dest="model_type",
+                       help="class: predict a label (classification); reg: a number "
+                            "(regression)")
+    train.add_argument("--data", required=True, type=Path, metavar="FILE.csv",
+                       help="the CSV file: a header, then one row per time step, oldest first")
+    train.add_argument("--target", required=True, metavar="COLUMN",
+                       help="the column to predict (numeric for reg)")
+    train.add_argument("--window", type=int, default=1, metavar="W",
+                       help="data points per sample, 1 to 1000: bots send W points a request "
+                            "(default: %(default)s)")
+    train.add_argument("--features", metavar="a,b,...",
+                       help="the feature columns, in order (default: every numeric column but "
+                            "the target)")
     train.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a hyperparameter of the family (repeatable), e.g. max_depth=4",
     )
 
-    sub.add_parser("families", parents=[common], help="list the installed model families")
+    models = _command(sub, "models", common, "list and delete an account's models",
+                      "The models an account trained: every version of each.",
+                      "nember models list --account trader@example.com")
+    models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="list or delete; `ACTION --help` says more")
+    model_list = _command(
+        models_sub, "list", common, "list an account's models, every version",
+        "List an account's models, tab-separated: strategy, family, type, version (* marks "
+        "the newest, the one that serves), trained (UTC), and the hold-out metrics.",
+        "nember models list --account trader@example.com")
+    model_list.add_argument("--account", required=True, metavar="EMAIL",
+                            help="the email of the account whose models to list")
+    model_delete = _command(
+        models_sub, "delete", common, "delete a model, or one version of it",
+        "Delete a model: every version, or with --version only that one (then the newest "
+        "remaining version serves). Servers stop serving a deleted model within seconds.",
+        "nember models delete --account trader@example.com --strat my_strategy --model "
+        "XGBoost --type class",
+        "nember models delete --account trader@example.com --strat my_strategy --model "
+        "XGBoost --type class --version 2")
+    model_delete.add_argument("--account", required=True, metavar="EMAIL",
+                              help="the email of the account that owns the model")
+    model_delete.add_argument("--strat", required=True, metavar="NAME",
+                              help="the model's strategy name")
+    model_delete.add_argument("--model", required=True, metavar="FAMILY",
+                              help="the model's family (see `nember models list`)")
+    model_delete.add_argument("--type", required=True, choices=["class", "reg"],
+                              dest="model_type", help="the model's type")
+    model_delete.add_argument("--version", type=int, metavar="N",
+                              help="only this version (default: every version)")
 
-    db = sub.add_parser("db", parents=[common], help="the shared stores' database schema")
-    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    db_sub.add_parser(
-        "upgrade", parents=[common],
-        help="create or upgrade the schema of every configured store that keeps one (postgres)",
-    )
+    _command(sub, "families", common, "list the installed model families",
+             "List the installed model families (plugins may add more), tab-separated: name "
+             "and the version of its library.",
+             "nember families")
+
+    db = _command(sub, "db", common, "the shared stores' database schema",
+                  "The schema of stores that keep one in a shared database (postgres).",
+                  "nember db upgrade --config /etc/nember/nember.yaml")
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="upgrade; `ACTION --help` says more")
+    _command(
+        db_sub, "upgrade", common,
+        "create or upgrade the schema of every configured store that keeps one (postgres)",
+        "Create or upgrade the schema of every configured store that keeps one in a shared "
+        "database (postgres), without opening the stores for service: run it once before "
+        "starting new nodes. The embedded stores upgrade themselves when opened.",
+        "nember db upgrade --config /etc/nember/nember.yaml")
+
+    backup = _command(
+        sub, "backup", common,
+        "copy the stores that keep data on this machine into DIR (safe while serving)",
+        "Copy every configured store that keeps its data on this machine (the embedded "
+        "ones: SQLite files through SQLite's online backup API, the model files) into DIR, "
+        "one folder per role, and a manifest.json of every file with its size and SHA-256. "
+        "The copy is consistent while servers keep serving and charging. Stores elsewhere "
+        "(PostgreSQL, Redis) are named with how to back them up instead.",
+        "nember backup /srv/backups/nember-$(date +%F)")
+    backup.add_argument("dir", metavar="DIR", type=Path, help="a new (or empty) folder")
+    restore = _command(
+        sub, "restore", common,
+        "put a backup made by `nember backup` in place of the stores (servers stopped)",
+        "Check a backup against its manifest (a missing, added or damaged file: refused), "
+        "then restore it into the configured stores (data_dir), readable by this user only. "
+        "Refused while a server uses the stores, as the connection registry shows (with the "
+        "memory registry it can't tell: stop the servers first), and when the stores hold "
+        "data, unless --force.",
+        "nember restore /srv/backups/nember-2026-11-28",
+        "nember restore --force --config /etc/nember/nember.yaml /srv/backups/nember-2026-11-28")
+    restore.add_argument("dir", metavar="DIR", type=Path, help="the backup's folder")
+    restore.add_argument("--force", action="store_true",
+                         help="replace stores that hold data (says what it replaced)")
     return parser
 
 
@@ -103,15 +312,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+SERVING = ("serve", "demo")  # long-running: they log at the config's level
+
+
 def _run(args: argparse.Namespace) -> int:
     nember = Nember.load(getattr(args, "config", None))
-    configure(nember.config.log.level, nember.config.log.format)
+    level = nember.config.log.level
+    if args.command not in SERVING and level != "debug":
+        level = "warning"  # a one-shot command prints its results; its info events are noise
+    configure(level, nember.config.log.format)
     if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
         raise NemberError("--port: expected a port number from 0 to 65535")
     if args.command == "serve":
         workers = nember.config.server.workers if args.workers is None else args.workers
         if workers < 1:
             raise NemberError("--workers: expected an integer >= 1")
+        _say_where(nember, args)
         if workers == 1:
             from .server import serve
 
@@ -126,6 +342,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
+        _say_where(nember, args)
         run_demo(nember, args.host, args.port)
         return 0
     if args.command == "families":
@@ -134,13 +351,34 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "db":
         return asyncio.run(_db_upgrade(nember))
-    handler = COMMANDS[(args.command, getattr(args, "action", None))]
+    if args.command in ("backup", "restore"):
+        from . import backup
+
+        if args.command == "backup":
+            return asyncio.run(backup.backup(nember, args.dir))
+        return asyncio.run(backup.restore(nember, args.dir, args.force))
+    command = (args.command, getattr(args, "action", None))
+    handler = COMMANDS[command]
+    create = command in CREATING
+    missing = nember.missing_data()
 
     async def run() -> int:
-        async with nember.services() as services:
+        # The other commands read, or need an account: with no data, NoData, nothing made.
+        async with nember.services(create=create) as services:
             return await handler(services, args)
 
-    return asyncio.run(run())
+    code = asyncio.run(run())
+    if create and missing is not None:
+        _say_where(nember, args, "keeping the data")
+    return code
+
+
+def _say_where(nember: Nember, args: argparse.Namespace, what: str = "data") -> None:
+    """One line on stderr saying which config and data folder a command uses, unless
+    --config named it (then it is no surprise)."""
+    if getattr(args, "config", None) is None:
+        print(f"nember: {nember.source.describe()}; {what} in {nember.config.data_dir}",
+              file=sys.stderr, flush=True)
 
 
 async def _db_upgrade(nember: Nember) -> int:
@@ -181,6 +419,29 @@ async def _accounts_create(services: Services, args) -> int:
     return 0
 
 
+async def _accounts_list(services: Services, args) -> int:
+    accounts = await services.accounts.list()
+    print("id\temail\tcreated")
+    for account in accounts:
+        print(f"{account.id}\t{account.email}\t{account.created_at.isoformat()}")
+    return 0
+
+
+async def _accounts_password(services: Services, args) -> int:
+    await services.accounts.by_email(args.email)  # no account: said before the prompt
+    changed = await services.accounts.change_password(args.email, _password())
+    account = changed.account
+    if changed.sessions_ended is None:
+        ended = ("the key store can't end its dashboard sessions: they last until they "
+                 f"expire (at most dashboard.session_hours, "
+                 f"{services.config.dashboard.session_hours:g} h)")
+    else:
+        ended = f"ended its dashboard sessions ({changed.sessions_ended} open)"
+    print(f"Changed the password of {account.email} ({account.id}); {ended}; its API keys "
+          "keep working")
+    return 0
+
+
 async def _keys_create(services: Services, args) -> int:
     owner = await services.accounts.by_email(args.account)
     new = await services.keys.create(owner.id, args.name, args.scope)
@@ -201,9 +462,9 @@ async def _keys_list(services: Services, args) -> int:
 
 
 async def _keys_revoke(services: Services, args) -> int:
-    before = await services.keys.find(args.key)
-    key = await services.keys.revoke(args.key)
-    if before is not None and not before.active:
+    done = await services.keys.revoke_reporting(args.key)
+    key = done.key
+    if done.already:
         print(f"API key {key.id} ({key.name!r}) was already revoked, at "
               f"{key.revoked_at.isoformat()}")
         return 0
@@ -239,32 +500,114 @@ async def _train(services: Services, args) -> int:
         params=parse_params(args.param),
     )
     owner = await services.accounts.by_email(args.account)
-    bar = ProgressBar(f"{args.model} {args.model_type}")
+    # A bar on a terminal; elsewhere (a log, CI) a plain line per stage. Both on stderr.
+    bar = ProgressBar(f"{args.model} {args.model_type}", lines=True)
     try:
         meta = await services.models.train(owner.id, request, bar)
     finally:
         bar.close()
-    print(f"Trained {_describe(meta)}")
+    print(f"Trained {_describe(meta)}", flush=True)
+    try:
+        await _compile_trees(services, meta)
+    except Exception as exc:  # the model is stored and serves: compiling only makes it faster
+        print(f"nember: {meta.key.family} {meta.key.model_type} version {meta.version} not "
+              f"compiled to native code: {exc}", file=sys.stderr)
     return 0
 
 
-def _describe(meta: Any) -> str:
+async def _compile_trees(services: Services, meta: ModelMeta) -> None:
+    """Compile a tree model to native code now, into the cache servers look in first
+    (``data_dir/compiled``), so that their first load of it is native already. Says how it
+    went in a line; a model that isn't made of trees says nothing."""
+    from nember_core.serving.model_loader import load_model
+    from nember_core.trees.compiler import TreeCompiler, unavailable_reason
+
+    config = services.config
+    if not config.server.compile_trees:
+        return
+    data = await services.stores.model_store.read(meta)
+    loaded = await asyncio.to_thread(load_model, services.models.families[meta.key.family],
+                                     meta, data, None)
+    if loaded.ensemble is None:
+        return
+    what = f"{meta.key.family} {meta.key.model_type} version {meta.version}"
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"nember: {what} not compiled to native code: {reason} (servers answer "
+              "through its NumPy or library path)", file=sys.stderr)
+        return
+    compiler = TreeCompiler(config.data_dir / "compiled")
+    print(f"{what}: compiling its trees to native code...", file=sys.stderr, flush=True)
+    try:
+        native = await compiler.compile(loaded.ensemble, len(meta.features) * meta.window)
+    finally:
+        await compiler.close()
+    if native is None:
+        print(f"nember: {what} not compiled to native code: the compiler failed (servers "
+              "try again, and answer through its NumPy or library path meanwhile)",
+              file=sys.stderr)
+        return
+    print(f"Compiled {what} to native code (in {config.data_dir / 'compiled'}): servers "
+          "load it native")
+
+
+def _metrics(meta: ModelMeta) -> str:
     metrics = {k: v for k, v in meta.metrics.items() if k not in ("holdout", "train", "note")}
-    scores = ", ".join(f"{k} {v}" for k, v in metrics.items()) or meta.metrics.get("note", "")
+    return ", ".join(f"{k} {v}" for k, v in metrics.items()) or meta.metrics.get("note", "")
+
+
+def _describe(meta: ModelMeta) -> str:
     return (
         f"{meta.key.family} {meta.key.model_type} for strategy {meta.key.strat!r}: version "
         f"{meta.version}, {meta.samples} samples, window {meta.window}, features "
-        f"{','.join(meta.features)}; hold-out: {scores}"
+        f"{','.join(meta.features)}; hold-out: {_metrics(meta)}"
     )
+
+
+async def _models_list(services: Services, args) -> int:
+    owner = await services.accounts.by_email(args.account)
+    print("strategy\tfamily\ttype\tversion\ttrained\tmetrics")
+    for entry in await services.models.versions(owner.id):
+        meta = entry.meta
+        version = f"{meta.version}*" if entry.latest else str(meta.version)
+        print(f"{meta.key.strat}\t{meta.key.family}\t{meta.key.model_type}\t{version}\t"
+              f"{meta.trained_at.isoformat()}\t{_metrics(meta) or '-'}")
+    return 0
+
+
+async def _models_delete(services: Services, args) -> int:
+    owner = await services.accounts.by_email(args.account)
+    key = ModelKey(owner.id, args.strat, args.model, args.model_type)
+    what = f"{args.model} {args.model_type} for strategy {args.strat!r}"
+    wanted = key.id if args.version is None else f"{key.id}-v{args.version}"
+    try:
+        deleted = await services.models.delete(owner.id, wanted)
+    except NotFound:
+        if args.version is None:
+            raise NotFound(f"no model {what}") from None
+        raise NotFound(f"no version {args.version} of the model {what}") from None
+    versions = ", ".join(str(meta.version) for meta in sorted(deleted, key=lambda m: m.version))
+    if args.version is None:
+        print(f"Deleted the model {what}: every version ({versions})")
+    else:
+        newest = await services.models.latest(key)
+        serving = f"version {newest.version} serves now" if newest else "no version is left"
+        print(f"Deleted version {versions} of the model {what}; {serving}")
+    return 0
 
 
 COMMANDS = {
     ("accounts", "create"): _accounts_create,
+    ("accounts", "list"): _accounts_list,
+    ("accounts", "password"): _accounts_password,
+    ("models", "list"): _models_list,
+    ("models", "delete"): _models_delete,
     ("keys", "create"): _keys_create,
     ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke,
     ("train", None): _train,
 }
+CREATING = {("accounts", "create")}  # the first account makes the data; the rest need it
 
 if __name__ == "__main__":
     sys.exit(main())

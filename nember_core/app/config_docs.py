@@ -36,7 +36,7 @@ HEADER = """\
 # options) by `python -m nember_core.app.config_docs --write`: edit those, not this file.
 """
 # This file sits in config/, and relative paths resolve against it: ../var is the project's
-# var/, where running without a config file (data_dir: var) puts the data as well.
+# var/, where `nember demo` run from the project's folder (which finds this file) keeps it.
 FILE_VALUES = {("data_dir",): "../var"}
 COMMENT_COLUMN = 40
 

@@ -7,13 +7,14 @@ import inspect
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pluggy
 import structlog
 
-from nember_core.config import Config, load_config
+from nember_core.config import Config, ConfigSource, find_config, read_config
 from nember_core.errors import NemberError
 from nember_core.plugin_api import ModelFamily, PluginContext, Provider
 from nember_core.plugins import collect_families, collect_providers, plugin_manager
@@ -21,6 +22,10 @@ from nember_core.services import Services
 from nember_core.stores import Stores
 
 log = structlog.get_logger("nember")
+
+
+class NoData(NemberError):
+    """A command that reads found no data where the config says it is (nothing was made)."""
 
 
 @attrs.define
@@ -31,13 +36,43 @@ class Nember:
     config: Config
     providers: dict[str, dict[str, Provider]]
     families: dict[str, ModelFamily]
+    # The config file read and how it was found (``nember_core.config.find_config``).
+    source: ConfigSource = ConfigSource(None, "")
 
     @classmethod
     def load(cls, config_file: str | None, extra_plugins=()) -> Nember:
         pm = plugin_manager(extra_plugins)
         providers = collect_providers(pm)
-        config = load_config(config_file, providers)
-        return cls(pm=pm, config=config, providers=providers, families=collect_families(pm))
+        source = find_config(config_file)
+        config = read_config(source, providers)
+        return cls(pm=pm, config=config, providers=providers, families=collect_families(pm),
+                   source=source)
+
+    def missing_data(self) -> Path | None:
+        """Where the accounts would be, when nothing is there yet (absent, or an empty
+        folder), else ``None``. Every command but ``accounts create`` starts from an
+        account, so without them there is nothing to read. Only the embedded key store (the
+        role's default plugin) keeps them in a file here: its ``path``, else in
+        ``data_dir``; others (PostgreSQL...) keep them elsewhere, and are not looked at."""
+        if not self.provider("key_store").default:
+            return None
+        place = getattr(self.config.key_store.options, "path", None) or self.config.data_dir
+        if place.is_dir():
+            return place if next(place.iterdir(), None) is None else None
+        return None if place.exists() else place
+
+    def require_data(self) -> None:
+        """Raise :class:`NoData` (one line, saying which config was used) when a command that
+        reads finds no data: it must not create empty stores and answer from them."""
+        place = self.missing_data()
+        if place is None:
+            return
+        if self.source.path is None:
+            why = "no config file found; pass --config FILE, or see `nember --help`"
+        else:
+            why = (f"{self.source.describe()}; `nember accounts create EMAIL` makes the "
+                   "first account")
+        raise NoData(f"no data in {place} ({why})")
 
     def prepare_data_dir(self) -> None:
         """Create ``data_dir`` for this user only (it holds password hashes, the ledger and
@@ -59,9 +94,14 @@ class Nember:
         """The provider the config picked for ``role``."""
         return self.providers[role][self.config.section(role).plugin]
 
-    async def open(self) -> Stores:
+    async def open(self, create: bool = True) -> Stores:
+        """Open every configured store. ``create=False`` (a command that only reads, or needs
+        an account): when there is no data yet, raise :class:`NoData` and create nothing."""
         config = self.config
-        self.prepare_data_dir()
+        if not create:
+            self.require_data()
+        if create or config.data_dir.exists():
+            self.prepare_data_dir()
         context = PluginContext(
             data_dir=config.data_dir, node=config.server.node or socket.gethostname()
         )
@@ -84,9 +124,10 @@ class Nember:
         )
 
     @contextlib.asynccontextmanager
-    async def services(self) -> AsyncIterator[Services]:
-        """The service layer over freshly opened stores (a command's), closed after."""
-        stores = await self.open()
+    async def services(self, create: bool = True) -> AsyncIterator[Services]:
+        """The service layer over freshly opened stores (a command's), closed after;
+        ``create``: as :meth:`open`'s."""
+        stores = await self.open(create)
         try:
             yield Services(self.config, self.families, stores)
         finally:

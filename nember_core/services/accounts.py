@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import hashlib
 
+import attrs
+
 from nember_core import rules
-from nember_core.errors import NotFound, TooManyAttempts
+from nember_core.errors import NemberError, NotFound, TooManyAttempts
 from nember_core.records import Account
 from nember_core.stores import Stores
 
 LOGIN_WINDOW_SECONDS = 60.0
 ADDRESS_FACTOR = 10  # an address may fail this many times an email's limit
+
+
+@attrs.frozen
+class PasswordChanged:
+    account: Account
+    sessions_ended: int | None  # None: the key store can't end them; they run out by themselves
 
 
 def _subject(kind: str, value: str) -> str:
@@ -33,6 +41,25 @@ class Accounts:
         if found is None:
             raise NotFound(f"no account for {email}")
         return found
+
+    async def list(self) -> list[Account]:
+        """Every account, oldest first (a key store may not offer this: then an error)."""
+        lister = getattr(self._keys, "list_accounts", None)
+        if lister is None:
+            raise NemberError("the configured key store can't list accounts")
+        return await lister()
+
+    async def change_password(self, email: str, password: str) -> PasswordChanged:
+        """Set a new password and end the account's dashboard sessions, where the key store
+        can (else they last until they expire: ``dashboard.session_hours``)."""
+        account = await self.by_email(email)
+        password = rules.password(password)
+        setter = getattr(self._keys, "set_password", None)
+        if setter is None:
+            raise NemberError("the configured key store can't change passwords")
+        await setter(account.id, password)
+        ender = getattr(self._keys, "delete_sessions", None)
+        return PasswordChanged(account, None if ender is None else await ender(account.id))
 
     async def log_in(self, email: str, password: str, address: str) -> Account | None:
         """The account when the password is right, else ``None``; TooManyAttempts after

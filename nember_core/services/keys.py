@@ -17,6 +17,12 @@ class KeyListing:
     live_connections: int
 
 
+@attrs.frozen
+class Revoked:
+    key: ApiKey
+    already: bool  # it was revoked before (at ``key.revoked_at``): nothing changed
+
+
 class Keys:
     def __init__(self, stores: Stores):
         self._stores = stores
@@ -52,6 +58,12 @@ class Keys:
         With ``account_id`` (the REST API), only that account's key, named by its id;
         without (an operator's CLI), any key, by its id or the key itself.
         """
+        return (await self.revoke_reporting(id_or_secret, account_id)).key
+
+    async def revoke_reporting(self, id_or_secret: str,
+                               account_id: str | None = None) -> Revoked:
+        """:meth:`revoke`, saying whether the key was revoked already (then it stays
+        revoked since that first time)."""
         wanted = id_or_secret.strip()
         key = await self._stores.key_store.find_key(wanted)
         if account_id is not None and (key is None or key.id != wanted
@@ -59,10 +71,11 @@ class Keys:
             raise NotFound(f"no API key {wanted}")
         if key is None:
             raise NotFound("no such API key (give its id, as `nember keys list` shows, or the key)")
+        already = key.revoked_at is not None
         key = await self._stores.key_store.revoke_key(key.id)
         # Other servers also notice within their revocation check interval.
         registry = self._stores.registry
         for conn in await registry.list(key.account_id):
             if conn.key_id == key.id:
                 await registry.close_connection(conn.id, KEY_REVOKED, "API key revoked")
-        return key
+        return Revoked(key, already)

@@ -38,9 +38,12 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
+    """200 either way (revoking is idempotent); ``already_revoked`` says whether this call
+    revoked the key or it was revoked before (at its ``revoked_at``)."""
     me = await caller(request)
-    key = await services(request).keys.revoke(request.match_info["id"], me.account_id)
-    return web.json_response(describe(key, 0))
+    done = await services(request).keys.revoke_reporting(request.match_info["id"],
+                                                         me.account_id)
+    return web.json_response({**describe(done.key, 0), "already_revoked": done.already})
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -57,6 +57,10 @@ SCHEMAS = {
         "live_connections": {"type": "integer"}}),
     "NewKey": {"allOf": [_ref("Key"), {"type": "object", "required": ["key"], "properties": {
         "key": {"type": "string", "description": "The full API key, shown only this once."}}}]},
+    "RevokedKey": {"allOf": [_ref("Key"), {
+        "type": "object", "required": ["already_revoked"], "properties": {
+            "already_revoked": {"type": "boolean", "description":
+                                "It was revoked before this call (at revoked_at): unchanged"}}}]},
     "Model": _all({
         "id": {"type": "string", "description": "This version: model_id-vN"},
         "model_id": {"type": "string", "description": "The model, every version"},
@@ -116,7 +120,8 @@ PATHS = {
     "/api/keys/{id}": {"delete": {
         "summary": "Revoke a key; its live connections close with 4401",
         "parameters": ID_PARAM,
-        "responses": {"200": _json(_ref("Key"), "The revoked key"), **_errors(404)}}},
+        "responses": {"200": _json(_ref("RevokedKey"), "The revoked key, and whether it "
+                                   "was revoked already"), **_errors(404)}}},
     "/api/models": {
         "get": {"summary": "Every version of the account's models",
                 "responses": {"200": _json(_list_of("Model"), "Models"), **_errors()}},

@@ -146,6 +146,27 @@ class PostgresKeyStore:
         ok = await asyncio.to_thread(check_password, password, row["password_hash"])
         return _account(row) if ok else None
 
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._db.fetch(
+            "SELECT id, email, created_at FROM nember_accounts ORDER BY created_at, id")
+        return [_account(row) for row in rows]
+
+    async def set_password(self, account_id: str, password: str) -> None:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        status = await self._db.execute(
+            "UPDATE nember_accounts SET password_hash = $2 WHERE id = $1",
+            account_id, password_hash)
+        if status == "UPDATE 0":
+            raise NotFound(f"no account with id {account_id}")
+
+    async def delete_sessions(self, account_id: str) -> int:
+        async with self._db.transaction() as conn:
+            ended = await conn.fetchval(
+                "SELECT count(*) FROM nember_sessions WHERE account_id = $1 "
+                "AND expires_at > now()", account_id)
+            await conn.execute("DELETE FROM nember_sessions WHERE account_id = $1", account_id)
+        return ended
+
     async def create_key(self, account_id: str, name: str, scope: str) -> NewApiKey:
         secret = new_api_key()
         key = ApiKey(id=new_id("key"), account_id=account_id, name=name,

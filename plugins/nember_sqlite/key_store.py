@@ -132,6 +132,27 @@ class SqliteKeyStore:
         ok = await asyncio.to_thread(check_password, password, row[3])
         return Account(row[0], row[1], _time(row[2])) if ok else None
 
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._db.read(
+            "SELECT id, email, created_at FROM accounts ORDER BY created_at, id")
+        return [Account(row[0], row[1], _time(row[2])) for row in rows]
+
+    async def set_password(self, account_id: str, password: str) -> None:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        async with self._db.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE accounts SET password_hash = ? WHERE id = ?", (password_hash, account_id))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no account with id {account_id}")
+
+    async def delete_sessions(self, account_id: str) -> int:
+        async with self._db.transaction() as db:
+            cursor = await db.execute("DELETE FROM sessions WHERE account_id = ? AND "
+                                      "expires_at > ?", (account_id, utcnow().isoformat()))
+            ended = cursor.rowcount
+            await db.execute("DELETE FROM sessions WHERE account_id = ?", (account_id,))
+        return ended
+
     async def create_key(self, account_id: str, name: str, scope: str) -> NewApiKey:
         secret = new_api_key()
         key = ApiKey(

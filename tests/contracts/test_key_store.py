@@ -112,3 +112,29 @@ async def test_what_one_process_writes_the_others_see(open_store, provider):
 
 async def test_an_open_store_answers_a_ping(store):
     await store.ping()  # what GET /readyz asks of every configured store
+
+
+async def test_accounts_are_listed_and_a_new_password_replaces_the_old(store):
+    """The optional methods behind `nember accounts list` and `nember accounts password`."""
+    first = await store.create_account("a@example.com", PASSWORD)
+    second = await store.create_account("b@example.com", PASSWORD)
+    assert [(a.id, a.email) for a in await store.list_accounts()] == [
+        (first.id, "a@example.com"), (second.id, "b@example.com")]  # oldest first
+    await store.set_password(first.id, "a brand new password")
+    assert await store.check_password("a@example.com", PASSWORD) is None
+    assert (await store.check_password("a@example.com", "a brand new password")).id == first.id
+    assert (await store.check_password("b@example.com", PASSWORD)).id == second.id
+    with pytest.raises(NotFound):
+        await store.set_password("acct_nope", PASSWORD)
+
+
+async def test_an_accounts_sessions_end_together(store):
+    mine = await store.create_account("a@example.com", PASSWORD)
+    other = await store.create_account("b@example.com", PASSWORD)
+    tokens = [await store.create_session(mine.id, 3600) for _ in range(2)]
+    await store.create_session(mine.id, -1)  # expired already: not counted
+    kept = await store.create_session(other.id, 3600)
+    assert await store.delete_sessions(mine.id) == 2
+    assert [await store.session_account(token) for token in tokens] == [None, None]
+    assert (await store.session_account(kept)).id == other.id
+    assert await store.delete_sessions(mine.id) == 0

@@ -145,3 +145,79 @@ def test_train_default_features_are_every_numeric_column_but_the_target(workspac
                   "--model", "DecisionTree", "--type", "reg", "--data", str(data),
                   "--target", "move").stdout
     assert "features point1,point2;" in out and "window 1" in out
+
+
+# --- where the config and the data are (issue 11) ---------------------------------------------
+
+
+@pytest.fixture
+def elsewhere(tmp_path):
+    """Run a real `nember` in an empty folder, with a home and XDG folders of its own and no
+    $NEMBER_CONFIG: as a user who runs it from anywhere but the project's folder."""
+    import os
+    import subprocess
+
+    from tests.harness import NEMBER
+
+    folders = {name: tmp_path / name for name in ("cwd", "home", "xdg-config", "xdg-data")}
+    for folder in folders.values():
+        folder.mkdir()
+    env = {**os.environ, "HOME": str(folders["home"]), "NEMBER_PASSWORD": PASSWORD,
+           "XDG_CONFIG_HOME": str(folders["xdg-config"]),
+           "XDG_DATA_HOME": str(folders["xdg-data"])}
+    env.pop("NEMBER_CONFIG", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([NEMBER, *args], cwd=folders["cwd"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    run.folders = folders
+    return run
+
+
+def _everything(folder) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_keys_list_where_there_is_no_data_says_so_and_creates_nothing(elsewhere, tmp_path):
+    before = _everything(tmp_path)
+    result = elsewhere("keys", "list", "--account", "trader@example.com")
+    assert result.returncode == 1 and result.stdout == ""
+    data = elsewhere.folders["xdg-data"] / "nember"
+    assert result.stderr == (f"nember: error: no data in {data} (no config file found; pass "
+                             "--config FILE, or see `nember --help`)\n")
+    assert _everything(tmp_path) == before  # no ./var, no data folder, nothing
+
+
+def test_the_first_account_goes_to_the_users_data_folder_and_says_so(elsewhere):
+    data = elsewhere.folders["xdg-data"] / "nember"
+    created = elsewhere("accounts", "create", "trader@example.com")
+    assert created.returncode == 0, created.stderr
+    assert created.stderr == f"nember: no config file found; keeping the data in {data}\n"
+    assert (data / "keys.sqlite3").is_file()
+    assert not (elsewhere.folders["cwd"] / "var").exists()
+    listed = elsewhere("keys", "list", "--account", "trader@example.com")
+    assert (listed.returncode, listed.stderr) == (0, "")
+
+
+def test_a_port_out_of_range_is_one_line(elsewhere):
+    result = elsewhere("serve", "--port", "80000")
+    assert result.returncode == 1
+    assert result.stderr == "nember: error: --port: expected a port number from 0 to 65535\n"
+
+
+def test_the_help_describes_the_commands(elsewhere):
+    result = elsewhere("--help")
+    assert result.returncode == 0 and "~/.local/share/nember" in result.stdout
+    result = elsewhere("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "(default: 1)" in text and "DecisionTree" in text and "example:" in text
+
+
+def test_revoking_a_revoked_key_says_so(workspace):
+    key = workspace.new_key("twice")
+    first = run_cli(workspace.config, "keys", "revoke", key).stdout
+    assert first.startswith("Revoked API key ")
+    again = run_cli(workspace.config, "keys", "revoke", key)
+    assert again.returncode == 0 and " was already revoked, at " in again.stdout

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -187,6 +188,8 @@ async def test_sigterm_drains_both_workers_with_1001(workers, trained):
             message = await ws.receive(timeout=15)
             assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 1001)
     assert workers.process.wait(30) == 0
+    time.sleep(0.5)  # the resource tracker, the last to exit, reports after its processes
+    assert "leaked semaphore" not in workers.log() and "Traceback" not in workers.log()
 
 
 async def test_a_worker_that_dies_is_replaced(workers, trained):

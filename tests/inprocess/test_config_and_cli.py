@@ -7,9 +7,11 @@ does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +19,15 @@ import pytest
 import structlog
 
 from nember_core.app import cli
-from nember_core.config import load_config, parse_config
+from nember_core.app.progress import ProgressBar
+from nember_core.config import (
+    DEFAULT_CONFIG,
+    find_config,
+    load_config,
+    parse_config,
+    user_config_file,
+    user_data_dir,
+)
 from nember_core.errors import ConfigError
 from nember_core.plugins import collect_providers, installed_families, plugin_manager
 from tests.cases import CONFIG_ERRORS as CONFIG_ERRORS_E2E
@@ -117,13 +127,78 @@ def test_an_empty_config_file_is_the_defaults(tmp_path, providers):
     assert loaded.data_dir == tmp_path / "var" and loaded.server.port == 8765
 
 
-def test_without_any_config_file_the_defaults_resolve_against_the_working_folder(
-    tmp_path, providers, monkeypatch
-):
+@pytest.fixture
+def user_folders(tmp_path, monkeypatch) -> dict[str, Path]:
+    """An empty current folder, and a home and XDG folders of its own (nothing is found)."""
+    folders = {name: tmp_path / name for name in ("cwd", "home", "xdg-config", "xdg-data")}
+    for folder in folders.values():
+        folder.mkdir()
+    monkeypatch.chdir(folders["cwd"])
+    monkeypatch.setenv("HOME", str(folders["home"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folders["xdg-config"]))
+    monkeypatch.setenv("XDG_DATA_HOME", str(folders["xdg-data"]))
     monkeypatch.delenv("NEMBER_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)  # no config/nember.yaml here
+    return folders
+
+
+def test_without_any_config_file_the_data_is_the_users(user_folders, providers):
+    source = find_config(None)
+    assert (source.path, source.describe()) == (None, "no config file found")
     loaded = load_config(None, providers)
-    assert loaded.path is None and loaded.data_dir == tmp_path / "var"
+    assert loaded.path is None and loaded.data_dir == user_folders["xdg-data"] / "nember"
+
+
+def test_the_xdg_folders_default_to_the_home_folder(user_folders, monkeypatch):
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")  # the spec: absolute paths only
+    home = user_folders["home"]
+    assert user_config_file() == home / ".config" / "nember" / "nember.yaml"
+    assert user_data_dir() == home / ".local" / "share" / "nember"
+
+
+def test_the_config_search_order(user_folders, providers, monkeypatch):
+    cwd = user_folders["cwd"]
+    # 5. the per-user config; its relative paths resolve against its folder, but its data
+    # stays in the per-user data folder unless it says otherwise.
+    user = user_folders["xdg-config"] / "nember" / "nember.yaml"
+    user.parent.mkdir()
+    user.write_text("server:\n  port: 9001\n  tls: {cert: c.pem, key: k.pem}\n")
+    loaded, source = load_config(None, providers), find_config(None)
+    assert (source.path, source.found_by, loaded.server.port) == (user, "user", 9001)
+    assert source.describe() == f"config {user} (your per-user config)"
+    assert loaded.data_dir == user_folders["xdg-data"] / "nember"
+    assert loaded.server.tls.cert == user.parent / "c.pem"
+    user.write_text("data_dir: mine\n")
+    assert load_config(None, providers).data_dir == user.parent / "mine"
+    # 4. nember.yaml in the current folder; its data_dir defaults to var beside it
+    (cwd / "nember.yaml").write_text("server: {port: 9002}\n")
+    loaded, source = load_config(None, providers), find_config(None)
+    assert (source.path, source.found_by, loaded.server.port) == (Path("nember.yaml"),
+                                                                  "current folder", 9002)
+    assert source.describe() == "config nember.yaml (found in the current folder)"
+    assert loaded.data_dir == cwd / "var"
+    # 3. config/nember.yaml in the current folder (PROTOCOL.md §3's), as in the project's
+    # checkout, whose data_dir ../var is the project's var/ (the quick start's)
+    (cwd / "config").mkdir()
+    (cwd / "config" / "nember.yaml").write_text("data_dir: ../var\nserver: {port: 9003}\n")
+    loaded = load_config(None, providers)
+    assert (loaded.path, loaded.server.port) == (DEFAULT_CONFIG, 9003)
+    assert loaded.data_dir.resolve() == cwd.resolve() / "var"
+    # 2. $NEMBER_CONFIG; 1. --config
+    named = user_folders["home"] / "named.yaml"
+    named.write_text("server: {port: 9004}\n")
+    monkeypatch.setenv("NEMBER_CONFIG", str(named))
+    assert load_config(None, providers).server.port == 9004
+    assert find_config(None).describe() == f"config {named} (from $NEMBER_CONFIG)"
+    given = user_folders["home"] / "given.yaml"
+    given.write_text("server: {port: 9005}\n")
+    assert load_config(str(given), providers).server.port == 9005
+    assert find_config(str(given)).describe() == f"config {given} (from --config)"
+
+
+def test_a_config_folder_is_not_a_config_file(user_folders, providers):
+    (user_folders["cwd"] / "nember.yaml").mkdir()  # only files count
+    assert find_config(None).path is None
 
 
 def test_paths_resolve_against_the_config_folder_and_options_reach_the_plugins(
@@ -207,6 +282,8 @@ def workspace(tmp_path_factory) -> Path:
 def nember(workspace, capsys, monkeypatch):
     """Run ``nember --config <workspace> ARGS``: (return code, stdout, stderr)."""
     monkeypatch.setenv("NEMBER_PASSWORD", PASSWORD)
+    # No progress lines, however slow this machine is today (a test asks for them).
+    monkeypatch.setattr(ProgressBar, "LINES_AFTER", 3600.0)
     monkeypatch.chdir(workspace.parent)
     capsys.readouterr()
 
@@ -420,10 +497,13 @@ def test_a_data_folder_that_cannot_be_written_is_one_line_not_a_listen_error(nem
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     config = write_config(tmp_path, data_dir=blocker / "data")  # inside a file: never a folder
-    for command in (("serve",), ("keys", "list", "--account", EMAIL)):
+    for command in (("serve",), ("accounts", "create", "new@example.com")):
         line = one_error_line(nember(*command, config=config))
         assert line.startswith(f"nember: error: {blocker / 'data'}: the data folder can't be "
                                "written: ")
+    # A command that reads finds nothing there, and says so.
+    line = one_error_line(nember("keys", "list", "--account", EMAIL, config=config))
+    assert line.startswith(f"nember: error: no data in {blocker / 'data'} (config {config} ")
 
 
 def test_a_port_out_of_range_is_one_line(nember):
@@ -445,3 +525,361 @@ def test_the_version_has_a_short_flag(nember, capsys):
         nember("-V", config=None)
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("nember 0.1.0")
+
+
+# --- where the config and the data are, seen from the command line ---------------------------
+
+
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """Run ``nember ARGS`` in the current folder, with no --config: (code, stdout, stderr)."""
+    monkeypatch.setenv("NEMBER_PASSWORD", PASSWORD)
+    capsys.readouterr()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _everything(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+NEEDS_DATA = [  # every command that reads, or needs an account
+    ("keys", "list", "--account", EMAIL),
+    ("keys", "create", "--account", EMAIL),
+    ("keys", "revoke", "key_0123"),
+    ("accounts", "list"),
+    ("accounts", "password", EMAIL),
+    ("models", "list", "--account", EMAIL),
+    ("models", "delete", "--account", EMAIL, "--strat", "s", "--model", "DecisionTree",
+     "--type", "class"),
+    tuple(train()),
+]
+
+
+@pytest.mark.parametrize("args", NEEDS_DATA, ids=[" ".join(args[:2]) for args in NEEDS_DATA])
+def test_a_command_finding_no_data_says_so_and_creates_nothing(user_folders, here, tmp_path,
+                                                              args):
+    before = _everything(tmp_path)
+    line = one_error_line(here(*args))
+    data = user_folders["xdg-data"] / "nember"
+    assert line == (f"nember: error: no data in {data} (no config file found; pass --config "
+                    "FILE, or see `nember --help`)")
+    assert _everything(tmp_path) == before  # not even the data folder
+
+
+def test_no_data_where_the_config_found_says_puts_the_data(user_folders, here, tmp_path):
+    (user_folders["cwd"] / "nember.yaml").write_text("data_dir: state\n")
+    before = _everything(tmp_path)
+    line = one_error_line(here("keys", "list", "--account", EMAIL))
+    assert line == (f"nember: error: no data in {user_folders['cwd'] / 'state'} (config "
+                    "nember.yaml (found in the current folder); `nember accounts create "
+                    "EMAIL` makes the first account)")
+    (user_folders["cwd"] / "state").mkdir()  # an empty folder holds no data either
+    assert one_error_line(here("accounts", "list")).startswith("nember: error: no data in ")
+    assert _everything(tmp_path) == sorted([*before, "cwd/state"])
+
+
+def test_the_first_account_makes_the_data_and_says_where(user_folders, here):
+    data = user_folders["xdg-data"] / "nember"
+    code, out, err = here("accounts", "create", EMAIL)
+    assert code == 0 and out.startswith(f"Created account {EMAIL} ")
+    assert err == f"nember: no config file found; keeping the data in {data}\n"
+    assert (data / "keys.sqlite3").is_file() and data.stat().st_mode & 0o777 == 0o700
+    code, out, err = here("accounts", "create", "second@example.com")
+    assert (code, err) == (0, "")  # the data was there: nothing to say
+    code, out, err = here("keys", "list", "--account", EMAIL)
+    assert (code, out, err) == (0, "id\tname\tprefix\tcreated\trevoked\n", "")
+
+
+def test_serve_and_demo_say_which_config_and_data_unless_config_names_them(
+    user_folders, here, monkeypatch, tmp_path
+):
+    from nember_core.app import demo, server
+
+    served = []
+    monkeypatch.setattr(server, "serve", lambda nember, host, port: served.append(port))
+    monkeypatch.setattr(demo, "run_demo", lambda nember, host, port: served.append(port))
+    cwd = user_folders["cwd"]
+    (cwd / "nember.yaml").write_text("server: {port: 9100}\n")
+    for command in ("serve", "demo"):
+        code, out, err = here(command, "--port", "9101")
+        assert (code, out) == (0, "")
+        assert err == (f"nember: config nember.yaml (found in the current folder); data in "
+                       f"{cwd / 'var'}\n")
+        assert here(command, "--config", "nember.yaml") == (0, "", "")
+    assert served == [9101, None] * 2
+    (cwd / "nember.yaml").unlink()
+    assert here("serve")[2] == (f"nember: no config file found; data in "
+                                f"{user_folders['xdg-data'] / 'nember'}\n")
+
+
+def test_a_port_out_of_range_is_said_before_anything_else(user_folders, here):
+    for command in ("serve", "demo"):
+        line = one_error_line(here(command, "--port", "80000"))
+        assert line == "nember: error: --port: expected a port number from 0 to 65535"
+    line = one_error_line(here("serve", "--workers", "0"))
+    assert line == "nember: error: --workers: expected an integer >= 1"
+
+
+# --- --help ---------------------------------------------------------------------------------
+
+
+def _commands(parser, path=()):
+    """Every (sub)command's parser, with its words."""
+    for action in parser._actions:
+        if isinstance(action, cli.argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _commands(child, (*path, name))
+
+
+def test_every_command_has_a_description_an_example_and_help_on_every_option():
+    mine = [(words, parser) for words, parser in _commands(cli._parser())
+            if words[0] not in ("backup", "restore")]  # another change's commands
+    assert {" ".join(words) for words, _ in mine} >= {
+        "demo", "serve", "accounts", "accounts create", "accounts list", "accounts password",
+        "keys", "keys create", "keys list", "keys revoke", "train", "models", "models list",
+        "models delete", "families", "db", "db upgrade"}
+    for words, parser in mine:
+        assert parser.description, words
+        assert parser.epilog and f"nember {words[0]}" in parser.epilog, words
+        for action in parser._actions:
+            assert action.help, (words, action.dest)
+
+
+def test_the_help_shows_defaults_the_families_and_the_search_order(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "data points per sample" in text and "(default: 1)" in text
+    assert f"one of those installed: {', '.join(sorted(installed_families()))}" in text
+    assert "example: nember train --account" in text
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("--config FILE; else the file $NEMBER_CONFIG names; else config/nember.yaml, then "
+            "nember.yaml, in the current folder; else the per-user") in text
+    assert "(~/.local/share/nember)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["models", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "list or delete; `ACTION --help` says more list list an account's models" in text
+
+
+# --- accounts list, accounts password -------------------------------------------------------
+
+
+def _run_services(config: Path, work):
+    from nember_core.app.nember import Nember
+
+    async def run():
+        async with Nember.load(str(config)).services() as services:
+            return await work(services)
+
+    return asyncio.run(run())
+
+
+def test_accounts_list(nember):
+    code, out, err = nember("accounts", "list")
+    assert (code, err) == (0, "")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rows[0] == ["id", "email", "created"]
+    (mine,) = [row for row in rows if row[1] == EMAIL]
+    assert mine[0].startswith("acct_") and mine[2].endswith("+00:00")
+    assert [row[2] for row in rows[1:]] == sorted(row[2] for row in rows[1:])  # oldest first
+
+
+def test_accounts_password_changes_it_and_ends_the_dashboard_sessions(nember, workspace,
+                                                                      monkeypatch):
+    email = "pw@example.com"
+    assert nember("accounts", "create", email)[0] == 0
+
+    async def log_in(services):
+        account = await services.accounts.by_email(email)
+        return [await services.accounts.start_session(account) for _ in range(2)]
+
+    tokens = _run_services(workspace, log_in)
+    monkeypatch.setenv("NEMBER_PASSWORD", "a brand new password")
+    code, out, err = nember("accounts", "password", email)
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"Changed the password of pw@example\.com \(acct_[0-9a-f]+\); ended "
+                        r"its dashboard sessions \(2 open\); its API keys keep working\n", out)
+
+    async def check(services):
+        keys = services.stores.key_store
+        return (await keys.check_password(email, PASSWORD),
+                (await keys.check_password(email, "a brand new password")).email,
+                [await services.accounts.session(token) for token in tokens])
+
+    assert _run_services(workspace, check) == (None, email, [None, None])
+    monkeypatch.setenv("NEMBER_PASSWORD", "short")
+    assert one_error_line(nember("accounts", "password", email)) == (
+        "nember: error: the password must have at least 8 characters")
+    assert one_error_line(nember("accounts", "password", "nobody@example.com")) == (
+        "nember: error: no account for nobody@example.com")
+
+
+def test_a_key_store_that_cannot_end_sessions_says_so(nember, monkeypatch):
+    from nember_sqlite.key_store import SqliteKeyStore
+
+    monkeypatch.delattr(SqliteKeyStore, "delete_sessions")
+    code, out, err = nember("accounts", "password", EMAIL)
+    assert (code, err) == (0, "")
+    assert out.endswith("; the key store can't end its dashboard sessions: they last until "
+                        "they expire (at most dashboard.session_hours, 24 h); its API keys keep "
+                        "working\n"), out
+    monkeypatch.delattr(SqliteKeyStore, "list_accounts")
+    monkeypatch.delattr(SqliteKeyStore, "set_password")
+    assert one_error_line(nember("accounts", "list")) == (
+        "nember: error: the configured key store can't list accounts")
+    assert one_error_line(nember("accounts", "password", EMAIL)) == (
+        "nember: error: the configured key store can't change passwords")
+
+
+# --- models list, models delete -------------------------------------------------------------
+
+
+def test_models_list_and_delete(nember):
+    for _ in range(2):
+        assert nember(*train(strat="listed", model_type="class"))[0] == 0
+    assert nember(*train(strat="listed", model_type="reg", target="move"))[0] == 0
+    code, out, err = nember("models", "list", "--account", EMAIL)
+    assert (code, err) == (0, "")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rows[0] == ["strategy", "family", "type", "version", "trained", "metrics"]
+    listed = [row for row in rows[1:] if row[0] == "listed"]
+    assert [row[1:4] for row in listed] == [["DecisionTree", "class", "2*"],
+                                            ["DecisionTree", "class", "1"],
+                                            ["DecisionTree", "reg", "1*"]]
+    assert all(row[4].endswith("+00:00") for row in listed)
+    assert re.fullmatch(r"accuracy [\d.]+", listed[0][5])
+    assert re.fullmatch(r"\w+ -?[\d.e-]+(, \w+ -?[\d.e-]+)+", listed[2][5])
+
+    model = ["--account", EMAIL, "--strat", "listed", "--model", "DecisionTree"]
+    code, out, err = nember("models", "delete", *model, "--type", "class", "--version", "2")
+    assert (code, err) == (0, "")
+    assert out == ("Deleted version 2 of the model DecisionTree class for strategy 'listed'; "
+                   "version 1 serves now\n")
+    line = one_error_line(nember("models", "delete", *model, "--type", "class",
+                                 "--version", "2"))
+    assert line == ("nember: error: no version 2 of the model DecisionTree class for strategy "
+                    "'listed'")
+    code, out, err = nember("models", "delete", *model, "--type", "reg")
+    assert out == "Deleted the model DecisionTree reg for strategy 'listed': every version (1)\n"
+    line = one_error_line(nember("models", "delete", *model, "--type", "reg"))
+    assert line == "nember: error: no model DecisionTree reg for strategy 'listed'"
+    rows = [line.split("\t") for line in nember("models", "list", "--account", EMAIL)[1]
+            .splitlines()]
+    assert [row[1:4] for row in rows if row[0] == "listed"] == [["DecisionTree", "class", "1*"]]
+    line = one_error_line(nember("models", "list", "--account", "nobody@example.com"))
+    assert line == "nember: error: no account for nobody@example.com"
+
+
+# --- train: progress, and native code -------------------------------------------------------
+
+
+class _Lines(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere_once_work_is_slow(monkeypatch):
+    bar = ProgressBar("DecisionTree class", _Terminal(), lines=True)
+    bar(0.05, "windowing")
+    bar(1.0, "trained")
+    assert bar.stream.getvalue() == (
+        "\rDecisionTree class [#-----------------------------]   5% windowing" + " " * 19
+        + "\rDecisionTree class [##############################] 100% trained" + " " * 21 + "\n")
+    quick = ProgressBar("quick", _Lines(), lines=True)
+    quick(0.05, "windowing")
+    quick(1.0, "trained")
+    quick.close()
+    assert quick.stream.getvalue() == ""  # done before LINES_AFTER: no noise
+    monkeypatch.setattr(ProgressBar, "LINES_AFTER", 0.2)
+    slow = ProgressBar("slow", _Lines(), lines=True)
+    slow(0.05, "windowing")
+    slow(0.15, "fitting")
+    time.sleep(0.5)  # the stage running when the delay ends is said by the timer
+    slow(0.15, "fitting")  # the same stage again: said once
+    slow(0.9, "serializing")
+    slow.close()
+    slow(1.0, "trained")  # after close: nothing
+    assert slow.stream.getvalue() == "slow:  15% fitting\nslow:  90% serializing\n"
+    assert not ProgressBar("scripts", _Lines()).lines  # without lines=True: silent
+
+
+def test_train_says_its_stages_in_plain_lines_when_stderr_is_no_terminal(nember, monkeypatch):
+    monkeypatch.setattr(ProgressBar, "LINES_AFTER", 0.0)
+    code, out, err = nember(*train(strat="progress"))
+    assert code == 0 and out.startswith("Trained DecisionTree class for strategy 'progress'")
+    lines = err.splitlines()
+    assert lines[0] == "DecisionTree class:   5% windowing"
+    assert lines[-1] == "DecisionTree class: 100% trained"
+    assert all(re.fullmatch(r"DecisionTree class: +\d+% [\w -]+", line) for line in lines)
+
+
+@pytest.fixture(scope="module")
+def compiling(tmp_path_factory) -> Path:
+    """A config that compiles trees, with an account."""
+    folder = tmp_path_factory.mktemp("compiling")
+    config = write_config(folder, server={"compile_trees": True})
+    write_prices(folder / "prices.csv", rows=80)
+    with _isolated_logging(), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEMBER_PASSWORD", PASSWORD)
+        assert cli.main(["--config", str(config), "accounts", "create", EMAIL]) == 0
+    return config
+
+
+def test_train_compiles_a_tree_model_so_that_servers_load_it_native(nember, compiling):
+    from nember_core.records import ModelKey
+    from nember_core.serving.model_cache import ModelCache
+    from nember_core.trees.compiler import TreeCompiler, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(f"no native code here: {unavailable_reason()}")
+    code, out, err = nember(*train(strat="native", data=str(compiling.parent / "prices.csv")),
+                            config=compiling)
+    assert code == 0, err
+    compiled = compiling.parent / "data" / "compiled"
+    assert out.splitlines()[1] == (f"Compiled DecisionTree class version 1 to native code (in "
+                                   f"{compiled}): servers load it native")
+    assert "DecisionTree class version 1: compiling its trees to native code...\n" in err
+    assert len(list(compiled.glob("*.so"))) == 1
+
+    async def first_load(services):  # as a server loads it: from the cache, native at once
+        compiler = TreeCompiler(compiled)
+        cache = ModelCache(services.stores.model_store, services.models.families,
+                           compiler=compiler)
+        account = await services.accounts.by_email(EMAIL)
+        key = ModelKey(account.id, "native", "DecisionTree", "class")
+        try:
+            await cache.load(key)
+            return cache.get(key).native
+        finally:
+            await compiler.close()
+
+    assert _run_services(compiling, first_load) is True
+    # A model that isn't made of trees compiles nothing, and says nothing about it.
+    code, out, err = nember(*train(strat="native", model="Linear",
+                                   data=str(compiling.parent / "prices.csv")),
+                            config=compiling)
+    assert (code, len(out.splitlines()), err) == (0, 1, "")
+
+
+def test_train_says_why_it_could_not_compile(nember, compiling, monkeypatch):
+    monkeypatch.setattr("nember_core.trees.compiler.unavailable_reason",
+                        lambda: "gcc is not on the PATH")
+    code, out, err = nember(*train(strat="interpreted", data=str(compiling.parent /
+                                                                  "prices.csv")),
+                            config=compiling)
+    assert code == 0 and len(out.splitlines()) == 1 and out.startswith("Trained ")
+    assert err == ("nember: DecisionTree class version 1 not compiled to native code: gcc is "
+                   "not on the PATH (servers answer through its NumPy or library path)\n")
+    # With compile_trees off (the workspace's config): not a word about it.
+    code, out, err = nember(*train(strat="interpreted"))
+    assert (code, len(out.splitlines()), err) == (0, 1, "")

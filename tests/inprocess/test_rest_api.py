@@ -198,14 +198,16 @@ async def test_keys_create_list_revoke(api):
 
     status, revoked = await api.call("DELETE", f"/keys/{new['id']}")
     assert status == 200
-    assert set(revoked) == KEY_FIELDS and TIME.match(revoked["revoked_at"])
+    assert set(revoked) == KEY_FIELDS | {"already_revoked"} and TIME.match(revoked["revoked_at"])
+    assert revoked["already_revoked"] is False
     assert {k: revoked[k] for k in ("id", "name", "prefix", "created_at")} == {
         k: new[k] for k in ("id", "name", "prefix", "created_at")}
     assert await api.call("GET", "/keys", new["key"]) == (401, {"error": "Invalid API key."})
     (after,) = [k for k in await api.items("/keys") if k["id"] == new["id"]]
     assert after["revoked_at"] == revoked["revoked_at"]
-    # Revoking again changes nothing.
-    assert await api.call("DELETE", f"/keys/{new['id']}") == (200, revoked)
+    # Revoking again changes nothing, and says so.
+    assert await api.call("DELETE", f"/keys/{new['id']}") == (
+        200, {**revoked, "already_revoked": True})
 
 
 async def test_a_key_without_a_name_is_called_default(api):

@@ -129,12 +129,15 @@ def test_the_readme_table_shows_every_value_with_its_doc(providers):
 
 
 def test_the_rendered_yaml_loads_as_the_defaults(providers, monkeypatch):
-    monkeypatch.chdir(ROOT)  # without a config file, data_dir is var in the working folder
+    monkeypatch.chdir(ROOT)
     monkeypatch.delenv("NEMBER_CONFIG", raising=False)
     rendered = parse_config(yaml.safe_load(config_docs.render_yaml(providers)),
                             ROOT / DEFAULT_CONFIG, providers)
-    served = load_config(None, providers)  # what `nember serve` reads: config/nember.yaml
-    defaults = parse_config({}, None, providers)
+    served = load_config(None, providers)  # what `nember serve` reads here: config/nember.yaml
+    # The defaults, but for data_dir: the file's ../var is the project's var/ (the quick
+    # start's); without a config file the data is the user's (tests/inprocess/
+    # test_config_and_cli.py).
+    defaults = parse_config({}, None, providers, default_data_dir=ROOT / "var")
     assert served.path == DEFAULT_CONFIG
 
     def comparable(config: Config) -> Config:
