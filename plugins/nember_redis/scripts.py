@@ -39,15 +39,19 @@ end
 ADD = _LIVE + """
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local prefix, limit, ttl, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local alive, count = {}, 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if live_instance(prefix, member, alive) then
-    count = count + 1
-  else
-    redis.call('SREM', KEYS[1], member)
+-- Fewer members than the limit, dead ones included: fewer live ones too. Only an account at
+-- its limit costs a look at each member (and the dead ones are dropped then).
+if redis.call('SCARD', KEYS[1]) >= limit then
+  local alive, count = {}, 0
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if live_instance(prefix, member, alive) then
+      count = count + 1
+    else
+      redis.call('SREM', KEYS[1], member)
+    end
   end
+  if count >= limit then return 0 end
 end
-if count >= limit then return 0 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SADD', KEYS[1], id)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -87,12 +89,13 @@ def cluster(tmp_path_factory, module_servers):
             [NGINX, "-p", str(folder), "-c", str(conf), "-e", "stderr",
              "-g", "daemon off; user root;"],
             stderr=open(folder / "nginx.log", "ab"),
+            start_new_session=True,  # its workers are killed with it, as a group
         )
         try:
             _wait_for_port(proxy_port, nginx)
             yield Cluster(folder, nodes, proxy_port, configs)
         finally:
-            nginx.kill()
+            os.killpg(nginx.pid, signal.SIGKILL)
             nginx.wait(10)
             for node in nodes:  # before the database is dropped under them
                 node.kill()
