@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -54,11 +53,6 @@ def human_size(size: float) -> str:
 
 def _files(count: int) -> str:
     return f"{count} file{'s' if count != 1 else ''}"
-
-
-def _context(nember: Nember) -> PluginContext:
-    config = nember.config
-    return PluginContext(data_dir=config.data_dir, node=config.server.node or socket.gethostname())
 
 
 def _digest(path: Path, sync: bool = False) -> tuple[int, str]:
@@ -116,7 +110,7 @@ async def backup(nember: Nember, target: Path) -> int:
     if target.is_dir() and any(target.iterdir()):
         raise NemberError(f"{target}: the folder is not empty; back up into a new folder")
     config = nember.config
-    context = _context(nember)
+    context = nember.plugin_context()
     created = not target.exists()
     try:
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -246,7 +240,7 @@ async def restore(nember: Nember, source: Path, force: bool) -> int:
     source = source.absolute()
     manifest = await asyncio.to_thread(read_manifest, source)
     config = nember.config
-    context = _context(nember)
+    context = nember.plugin_context()
     plan = []
     for role, entry in manifest["roles"].items():
         if role not in ROLES:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 from nember_core import __version__
 from nember_core.config import ROLES
 from nember_core.errors import NemberError, NotFound
-from nember_core.plugin_api import PluginContext
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.rules import SCOPES
 from nember_core.services import Services, TrainingRequest
@@ -385,8 +383,7 @@ async def _db_upgrade(nember: Nember) -> int:
     """Apply the migrations of every configured store whose provider has ``upgrade`` (the
     stores shared by several nodes); the embedded ones upgrade themselves when opened."""
     config = nember.config
-    context = PluginContext(data_dir=config.data_dir,
-                            node=config.server.node or socket.gethostname())
+    context = nember.plugin_context()
     upgraded = 0
     for role in ROLES:
         provider = nember.provider(role)

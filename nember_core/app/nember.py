@@ -94,6 +94,12 @@ class Nember:
         """The provider the config picked for ``role``."""
         return self.providers[role][self.config.section(role).plugin]
 
+    def plugin_context(self) -> PluginContext:
+        """What every storage plugin is created with (and backs up or upgrades with)."""
+        config = self.config
+        return PluginContext(data_dir=config.data_dir,
+                             node=config.server.node or socket.gethostname())
+
     async def open(self, create: bool = True) -> Stores:
         """Open every configured store. ``create=False`` (a command that only reads, or needs
         an account): when there is no data yet, raise :class:`NoData` and create nothing."""
@@ -102,9 +108,7 @@ class Nember:
             self.require_data()
         if create or config.data_dir.exists():
             self.prepare_data_dir()
-        context = PluginContext(
-            data_dir=config.data_dir, node=config.server.node or socket.gethostname()
-        )
+        context = self.plugin_context()
         opened: dict[str, Any] = {}
         try:
             for role in ("key_store", "billing", "model_store", "connection_registry", "jobs"):
