@@ -15,9 +15,8 @@ import asyncpg
 
 from nember_core.plugin_api import AlreadyExists, Charge, ConnectionUsage, utcnow
 
-from .db import Database, affected
-from .migrations import SchemaState, open_store
-from .options import PostgresOptions
+from .db import affected
+from .migrations import SchemaStore
 
 COMPONENT = "billing"
 MIGRATIONS = [
@@ -66,21 +65,7 @@ def _usage(row: asyncpg.Record) -> ConnectionUsage:
     return ConnectionUsage(*row)
 
 
-class PostgresBillingLedger:
-    def __init__(self, db: Database, schema: SchemaState):
-        self._db = db
-        self.schema = schema
-
-    @classmethod
-    async def open(cls, options: PostgresOptions) -> PostgresBillingLedger:
-        return cls(*await open_store(options, COMPONENT, MIGRATIONS))
-
-    async def ping(self) -> None:
-        await self._db.fetchval("SELECT 1")
-
-    async def close(self) -> None:
-        await self._db.close()
-
+class PostgresBillingLedger(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
     async def charge(self, usage: ConnectionUsage, amount: Decimal, currency: str) -> Charge:
         charge = Charge(connection_id=usage.connection_id, account_id=usage.account_id,
                         key_id=usage.key_id, amount=Decimal(amount), currency=currency,

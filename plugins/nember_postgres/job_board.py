@@ -31,16 +31,14 @@ from nember_core.plugin_api import (
     TrainingJob,
 )
 
-from .db import Database, affected
-from .migrations import SchemaState, open_store
-from .options import PostgresOptions
+from .db import affected
+from .migrations import SchemaStore
 
 # As the SQLite board: the same rule and words on every board.
 ORPHANED_AFTER = JOB_ORPHANED_AFTER
 LOST = "the server process running this job stopped; train the model again"
 # pg_advisory_xact_lock(JOB_LOCKS, 0): one writer at a time (see above).
 JOB_LOCKS = 0x6E6D6A62
-TRANSFER_BYTES_PER_SECOND = 8 * 1024 * 1024  # on top of ``timeout``, for a payload's transfer
 
 COMPONENT = "jobs"
 MIGRATIONS = [
@@ -193,24 +191,7 @@ def _job(row: asyncpg.Record) -> TrainingJob:
     )
 
 
-class PostgresJobBoard:
-    def __init__(self, db: Database, schema: SchemaState):
-        self._db = db
-        self.schema = schema
-
-    @classmethod
-    async def open(cls, options: PostgresOptions) -> PostgresJobBoard:
-        return cls(*await open_store(options, COMPONENT, MIGRATIONS))
-
-    async def ping(self) -> None:
-        await self._db.fetchval("SELECT 1")
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    def _transfer_timeout(self, size: int) -> float:
-        return self._db.timeout + size / TRANSFER_BYTES_PER_SECOND
-
+class PostgresJobBoard(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
     async def enqueue(self, job: TrainingJob, spec: Mapping[str, Any], data: bytes) -> None:
         size = len(data)
         async with self._db.connection() as conn:

@@ -29,9 +29,7 @@ from nember_core.plugin_api import (
     utcnow,
 )
 
-from .db import Database
-from .migrations import SchemaState, open_store
-from .options import PostgresOptions
+from .migrations import SchemaStore
 
 COMPONENT = "keys"
 MIGRATIONS = [
@@ -103,21 +101,7 @@ async def purge(conn: asyncpg.Connection, table: str, key: str, condition: str,
         f"LIMIT {PURGE_BATCH} FOR UPDATE SKIP LOCKED)", *args)
 
 
-class PostgresKeyStore:
-    def __init__(self, db: Database, schema: SchemaState):
-        self._db = db
-        self.schema = schema
-
-    @classmethod
-    async def open(cls, options: PostgresOptions) -> PostgresKeyStore:
-        return cls(*await open_store(options, COMPONENT, MIGRATIONS))
-
-    async def ping(self) -> None:
-        await self._db.fetchval("SELECT 1")
-
-    async def close(self) -> None:
-        await self._db.close()
-
+class PostgresKeyStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
     async def create_account(self, email: str, password: str) -> Account:
         email = email.strip()
         password_hash = await asyncio.to_thread(hash_password, password)

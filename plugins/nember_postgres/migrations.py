@@ -117,3 +117,37 @@ async def open_store(options: PostgresOptions, component: str,
     except BaseException:
         await db.close()
         raise
+
+
+# On top of a store's ``timeout``, for moving a large value (a model file, a job's CSV).
+TRANSFER_BYTES_PER_SECOND = 8 * 1024 * 1024
+
+
+class SchemaStore:
+    """What every PostgreSQL store shares: its handle on the pool and its schema, made ready
+    (or refused) when it opens. A subclass names its component and migrations:
+    ``class PostgresKeyStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS)``."""
+
+    component: str
+    migrations: Sequence[str]
+
+    def __init_subclass__(cls, component: str, migrations: Sequence[str], **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.component, cls.migrations = component, migrations
+
+    def __init__(self, db: Database, schema: SchemaState):
+        self._db = db
+        self.schema = schema
+
+    @classmethod
+    async def open(cls, options: PostgresOptions):
+        return cls(*await open_store(options, cls.component, cls.migrations))
+
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    def _transfer_timeout(self, size: int) -> float:
+        return self._db.timeout + size / TRANSFER_BYTES_PER_SECOND

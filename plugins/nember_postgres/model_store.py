@@ -23,12 +23,9 @@ import attrs
 
 from nember_core.plugin_api import InvalidData, ModelKey, ModelMeta, NotFound
 
-from .db import Database
-from .migrations import SchemaState, open_store
-from .options import PostgresOptions
+from .migrations import SchemaStore
 
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
-TRANSFER_BYTES_PER_SECOND = 8 * 1024 * 1024  # on top of ``timeout``, for a file's transfer
 
 COMPONENT = "models"
 MIGRATIONS = [
@@ -102,24 +99,7 @@ def _meta(row: asyncpg.Record) -> ModelMeta:
     return ModelMeta.from_json({**json.loads(row["meta"]), "version": row["version"]})
 
 
-class PostgresModelStore:
-    def __init__(self, db: Database, schema: SchemaState):
-        self._db = db
-        self.schema = schema
-
-    @classmethod
-    async def open(cls, options: PostgresOptions) -> PostgresModelStore:
-        return cls(*await open_store(options, COMPONENT, MIGRATIONS))
-
-    async def ping(self) -> None:
-        await self._db.fetchval("SELECT 1")
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    def _transfer_timeout(self, size: int) -> float:
-        return self._db.timeout + size / TRANSFER_BYTES_PER_SECOND
-
+class PostgresModelStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
     async def save(self, meta: ModelMeta, artifact: bytes) -> ModelMeta:
         size = len(artifact)
         if size > MAX_ARTIFACT_BYTES:
