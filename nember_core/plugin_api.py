@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import numpy as np
@@ -59,6 +59,7 @@ __all__ = [
     "hookimpl", "Provider", "PluginContext",
     # the roles
     "KeyStore", "BillingLedger", "ModelStore", "ConnectionRegistry", "CloseConnection",
+    "ModelAnnouncements", "ModelAnnounced",
     "JobBoard", "ClaimedJob", "JOB_HEARTBEAT_SECONDS", "JOB_ORPHANED_AFTER", "JOB_MAX_ATTEMPTS",
     "ModelFamily", "Param", "Predictor", "RowPredictor",
     "RowsPredictor",
@@ -262,6 +263,10 @@ class ModelStore(Protocol):
 # connection, so a registry never touches a socket.
 CloseConnection = Callable[[int, str], Awaitable[None]]
 
+# Told that a model changed: its key, and its newest version (``None``: look it up, a version
+# was deleted).
+ModelAnnounced = Callable[[ModelKey, int | None], None]
+
 
 class ConnectionRegistry(Protocol):
     """The live connections of every account, for limits, listing and closing."""
@@ -284,6 +289,25 @@ class ConnectionRegistry(Protocol):
         """Return once the store answers, or raise: what ``GET /readyz`` asks of it."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ModelAnnouncements(Protocol):
+    """Optional, for a connection registry that several nodes share: word of new models.
+
+    A server that stored or deleted a model version announces it; every server sharing the
+    registry (the announcer too) hears of it within a moment and swaps the version it serves
+    at once. Without it, servers still find changed models by polling
+    ``ModelStore.generation`` every ``server.model_refresh_interval``; an announcement lost
+    (the registry away) costs that interval, never a wrong answer.
+    """
+
+    async def announce_model(self, key: ModelKey, version: int | None) -> None:
+        """Tell every server sharing the registry; raise when the registry can't be reached."""
+
+    def on_model_announced(self, listener: ModelAnnounced) -> None:
+        """Call ``listener`` (on the event loop, quickly: it must not block) for every
+        announcement from now on, this process's own included."""
 
 
 # The server rewrites each job it runs at least this often (its heartbeat, see

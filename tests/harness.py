@@ -6,6 +6,7 @@ Tests that need a service the machine lacks skip on a laptop and fail in CI (CI=
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,32 @@ def write_prices(path: Path, rows: int = 300, seed: int = 3) -> Path:
         lines.append(f"{p1},{p2},{'up' if m > 0 else 'down'},{m:.4f}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def banner_key(server: Server, nth: int = 1, timeout: float = 60.0) -> str:
+    """The key the demo printed in its ``nth`` banner (runs on one port share a log file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.findall(r"API key: (nmb_\S+)", server.output())
+        if len(found) >= nth:
+            return found[nth - 1]
+        time.sleep(0.1)
+    raise AssertionError(f"no key in the demo's output:\n{server.output()}\n{server.log()}")
+
+
+def warmup_prices(rows: int = 80, gap_at: int | None = None) -> str:
+    """Prices with a rolling indicator as a trader exports it: ``sma3``, the mean of the last
+    three ``point1``s, is empty on the first two rows (its warm-up), and on data row
+    ``gap_at`` too when given."""
+    rng = np.random.default_rng(5)
+    point1 = rng.normal(0, 1, rows).round(4)
+    point2 = rng.normal(0, 1, rows).round(4)
+    out = ["point1,point2,sma3,direction,move"]
+    for i in range(rows):
+        move = 0.7 * point1[i] - 0.4 * point2[i]
+        sma = "" if i < 2 or i == gap_at else f"{point1[i - 2 : i + 1].mean():.4f}"
+        out.append(f"{point1[i]},{point2[i]},{sma},{'up' if move > 0 else 'down'},{move:.4f}")
+    return "\n".join(out) + "\n"
 
 
 class Server:

@@ -219,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--features", metavar="a,b,...",
                        help="the feature columns, in order (default: every numeric column but "
                             "the target)")
+    train.add_argument("--skip-warmup", action="store_true",
+                       help="drop the leading rows whose features or target are still empty "
+                            "(warm-up rows of rolling indicators)")
     train.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a hyperparameter of the family (repeatable), e.g. max_depth=4",
@@ -494,7 +497,7 @@ async def _train(services: Services, args) -> int:
     request = TrainingRequest(
         strat=args.strat, family=args.model, model_type=args.model_type, data=args.data,
         target=args.target, window=args.window, features=features,
-        params=parse_params(args.param),
+        params=parse_params(args.param), skip_warmup=args.skip_warmup,
     )
     owner = await services.accounts.by_email(args.account)
     # A bar on a terminal; elsewhere (a log, CI) a plain line per stage. Both on stderr.
@@ -549,14 +552,17 @@ async def _compile_trees(services: Services, meta: ModelMeta) -> None:
 
 
 def _metrics(meta: ModelMeta) -> str:
-    metrics = {k: v for k, v in meta.metrics.items() if k not in ("holdout", "train", "note")}
+    metrics = {k: v for k, v in meta.metrics.items()
+               if k not in ("holdout", "train", "note", "warmup_rows_skipped")}
     return ", ".join(f"{k} {v}" for k, v in metrics.items()) or meta.metrics.get("note", "")
 
 
 def _describe(meta: ModelMeta) -> str:
+    warmup = meta.metrics.get("warmup_rows_skipped")
+    skipped = f" ({warmup} warm-up rows skipped)" if warmup else ""
     return (
         f"{meta.key.family} {meta.key.model_type} for strategy {meta.key.strat!r}: version "
-        f"{meta.version}, {meta.samples} samples, window {meta.window}, features "
+        f"{meta.version}, {meta.samples} samples{skipped}, window {meta.window}, features "
         f"{','.join(meta.features)}; hold-out: {_metrics(meta)}"
     )
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from nember_core import metrics
 from nember_core.errors import ConfigError, NemberError
+from nember_core.records import ModelMeta
 from nember_core.services import Services
 from nember_core.serving.gateway import Gateway
 from nember_core.serving.model_cache import ModelCache
@@ -60,10 +61,16 @@ def create_app(nember: Nember) -> web.Application:
             swept = await asyncio.to_thread(sweep_uploads, nember.config.data_dir)
             if swept:
                 log.info("uploads.swept", files=swept)
+            stores.on_model_announced(cache.announced)
+
+            async def saved(meta: ModelMeta) -> None:
+                cache.announced(meta.key, meta.version)  # at once here, whatever the registry
+                await stores.announce_model(meta.key, meta.version)
+
             gateway = Gateway(nember.config, stores, cache)
             opened.push_async_callback(gateway.drain)  # runs before the stores close
             jobs = TrainingJobs(stores.model_store, stores.jobs, server.training_workers,
-                                on_saved=cache.prefetch, timeout=server.training_timeout,
+                                on_saved=saved, timeout=server.training_timeout,
                                 memory_mb=server.training_memory_mb, node=stores.node,
                                 scratch=nember.config.data_dir / UPLOADS)
             opened.push_async_callback(jobs.close)

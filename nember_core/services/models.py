@@ -32,6 +32,7 @@ class TrainingRequest:
     window: int = 1
     features: list[str] | None = None  # default: every numeric column but the target
     params: dict[str, Any] = attrs.Factory(dict)
+    skip_warmup: bool = False  # drop leading rows with an empty feature or target
     data_label: str | None = None  # how errors name the CSV (default: its path)
 
 
@@ -44,6 +45,7 @@ class ModelVersion:
 class Models:
     def __init__(self, stores: Stores, families: dict[str, ModelFamily],
                  jobs: TrainingJobs | None = None):
+        self._stores = stores
         self._store = stores.model_store
         self.families = families
         self._jobs = jobs  # only a server runs background jobs
@@ -74,10 +76,12 @@ class Models:
         key = self._key(account_id, request)
         with shown_as(request.data, request.data_label):
             dataset = await asyncio.to_thread(read_csv, request.data, request.target,
-                                              request.features)
+                                              request.features, request.skip_warmup)
         trained = await asyncio.to_thread(train, self.families[key.family], dataset, key,
                                           request.window, request.params, progress)
-        return await self._store.save(trained.meta, trained.artifact)
+        meta = await self._store.save(trained.meta, trained.artifact)
+        await self._stores.announce_model(meta.key, meta.version)
+        return meta
 
     async def submit(self, account_id: str, request: TrainingRequest,
                      cleanup: Path | None = None) -> TrainingJob:
@@ -100,7 +104,7 @@ class Models:
                 cleanup.unlink(missing_ok=True)
         spec = {"target": request.target, "window": request.window,
                 "features": request.features, "params": request.params,
-                "data_label": request.data_label}
+                "skip_warmup": request.skip_warmup, "data_label": request.data_label}
         return await self._jobs.submit(spec, key, data)
 
     async def job(self, account_id: str, job_id: str) -> TrainingJob:
@@ -134,4 +138,6 @@ class Models:
             raise NotFound(f"no model {wanted}")
         for meta in doomed:
             await self._store.delete(meta)
+        for key in {meta.key for meta in doomed}:
+            await self._stores.announce_model(key, None)
         return doomed

@@ -248,6 +248,28 @@ class ModelCache:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    def announced(self, key: ModelKey, version: int | None) -> None:
+        """A server (this one or another) stored or deleted a version of ``key``: serve the
+        newest now rather than at the next ``refresh``. ``version`` is the newest one, or
+        ``None`` to look it up. A model nobody asked for yet is prefetched."""
+        if key not in self._entries and key not in self._loading:
+            if version is not None:
+                self.prefetch(key)
+            return
+        if version is not None and key in self._entries and self._version(key) == version:
+            return  # this server's own announcement, or one heard twice
+        task = asyncio.create_task(self._swap(key, version))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _swap(self, key: ModelKey, version: int | None) -> None:
+        try:
+            if version is None:
+                version = (await self._store.latest_versions([key])).get(key)
+            await self._reload(key, version, asyncio.Semaphore(1))
+        except Exception as exc:  # the store away: the next refresh tries again
+            log.error("model.swap_failed", family=_cut(key.family), error=_cut(repr(exc)))
+
     async def _compile(self, family: ModelFamily, loaded: Loaded, entry: LoadedModel,
                        width: int) -> None:
         key = loaded.meta.key

@@ -2,6 +2,11 @@
 
 Sample t is the features of rows t-W+1..t (oldest first, flattened) labelled with the target of
 row t, exactly the layout a prediction request's ``DataPoints`` has.
+
+A trader's export usually starts with warm-up rows, whose rolling indicators are still empty
+(a 20-bar average has none for 19 rows). They are an error naming the way out, unless the
+request asks to skip them: then the leading rows with an empty cell in a feature or the target
+are dropped, and only those.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ import numpy as np
 from nember_core.errors import InvalidData
 from nember_core.rules import MAX_FEATURES
 
+# Cells that say "no value yet": what pandas, spreadsheets and trading tools write for one.
+EMPTY_CELLS = frozenset({"", "nan", "na", "n/a", "null", "none", "#n/a"})
+SKIP_WARMUP = ("skip the warm-up rows (the CLI's --skip-warmup, the REST API's "
+               "skip_warmup=true)")
+
 
 @attrs.frozen
 class Dataset:
@@ -25,6 +35,7 @@ class Dataset:
     target: str
     X: np.ndarray  # rows x features, float64, in time order
     y: list[Any]  # the target of each row, as written (numbers parsed, strings kept)
+    skipped: int = 0  # leading warm-up rows dropped
 
 
 def _number(text: str) -> float | None:
@@ -68,6 +79,13 @@ def _rows(path: Path, limit: int | None = None) -> list[list[str]]:
 
 def _header(path: Path, rows: list[list[str]]) -> list[str]:
     header = [name.strip() for name in rows[0]]
+    if len(header) == 1:
+        for mark, name in ((";", "semicolons"), ("\t", "tabs")):
+            if mark in header[0]:
+                raise InvalidData(
+                    f"{path}: the header is one column, {header[0][:60]!r}: the file looks "
+                    f"separated by {name}. Save it as comma-separated values (commas "
+                    "between values, a point as the decimal mark)")
     if len(set(header)) != len(header):
         raise InvalidData(f"{path}: the header names a column twice")
     return header
@@ -97,7 +115,28 @@ def check_header(path: Path, target: str, features: list[str] | None) -> list[st
     return header
 
 
-def read_csv(path: Path, target: str, features: list[str] | None) -> Dataset:
+def _empty(cell: str) -> bool:
+    return cell.lower() in EMPTY_CELLS
+
+
+def _leading_empty(cells: list[str]) -> int:
+    """How many of the first cells are empty."""
+    count = 0
+    for cell in cells:
+        if not _empty(cell):
+            break
+        count += 1
+    return count
+
+
+def _numeric_after_warmup(cells: list[str]) -> bool:
+    """Numbers from the first non-empty cell on (and at least one): an indicator column."""
+    start = _leading_empty(cells)
+    return start < len(cells) and all(_number(c) is not None for c in cells[start:])
+
+
+def read_csv(path: Path, target: str, features: list[str] | None,
+             skip_warmup: bool = False) -> Dataset:
     rows = _rows(path)
     header = _header(path, rows)
     body = rows[1:]
@@ -109,10 +148,29 @@ def read_csv(path: Path, target: str, features: list[str] | None) -> Dataset:
     _check_names(path, header, target, features)
 
     columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
+    skipped = 0
+    if skip_warmup:
+        watched = features if features is not None else [
+            name for name in header
+            if name != target and _numeric_after_warmup(columns[name])]
+        skipped = max(_leading_empty(columns[name]) for name in [*watched, target])
+        if skipped == len(body):
+            raise InvalidData(f"{path}: every row has an empty cell in a feature or the target")
+        columns = {name: cells[skipped:] for name, cells in columns.items()}
     numeric = {
         name for name, cells in columns.items() if all(_number(c) is not None for c in cells)
     }
     if features is None:
+        # A column that is numbers but for its first rows is an indicator warming up: never
+        # left out of the default features without a word.
+        warming = [name for name in header if name != target and name not in numeric
+                   and _numeric_after_warmup(columns[name])]
+        if warming:
+            first = warming[0]
+            raise InvalidData(
+                f"{path}: column {first!r} is empty on its first "
+                f"{_leading_empty(columns[first])} rows (warm-up rows of an indicator?): "
+                f"{SKIP_WARMUP}, or name the features to use")
         features = [name for name in header if name != target and name in numeric]
         if not features:
             raise InvalidData(f"{path}: no numeric feature column besides the target {target!r}")
@@ -120,15 +178,20 @@ def read_csv(path: Path, target: str, features: list[str] | None) -> Dataset:
             raise InvalidData(f"{path}: at most {MAX_FEATURES} features are supported")
     for name in features:
         if name not in numeric:
-            line = next(i for i, c in enumerate(columns[name], start=2) if _number(c) is None)
+            cells = columns[name]
+            if not skip_warmup and _numeric_after_warmup(cells):
+                raise InvalidData(
+                    f"{path}: feature {name!r} is empty on its first {_leading_empty(cells)} "
+                    f"rows (warm-up rows of an indicator?): {SKIP_WARMUP}")
+            index = next(i for i, c in enumerate(cells) if _number(c) is None)
             raise InvalidData(
-                f"{path}: feature {name!r} is not numeric (line {line}: "
-                f"{columns[name][line - 2]!r})"
+                f"{path}: feature {name!r} is not numeric (line {index + 2 + skipped}: "
+                f"{cells[index]!r})"
             )
 
     X = np.array([[float(c) for c in columns[name]] for name in features], dtype=np.float64).T
     y = [_label(c) for c in columns[target]]
-    return Dataset(features=tuple(features), target=target, X=X, y=y)
+    return Dataset(features=tuple(features), target=target, X=X, y=y, skipped=skipped)
 
 
 def _label(text: str) -> Any:

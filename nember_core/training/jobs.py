@@ -38,7 +38,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from nember_core.credentials import new_id
 from nember_core.errors import NemberError, NotFound
 from nember_core.metrics import FIGURES
 from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, ClaimedJob, JobBoard
-from nember_core.records import ModelKey, TrainingJob, utcnow
+from nember_core.records import ModelKey, ModelMeta, TrainingJob, utcnow
 from nember_core.worker_pool import die_with_parent
 
 log = structlog.get_logger("nember.jobs")
@@ -76,6 +76,7 @@ class TrainingSpec:
     window: int
     features: list[str] | None
     params: dict[str, Any]
+    skip_warmup: bool = False
     data_label: str | None = None  # how errors name the CSV
 
 
@@ -193,7 +194,7 @@ def _train(spec: TrainingSpec, to_server):
 
     family = installed_families()[spec.key.family]
     with shown_as(spec.data, spec.data_label):
-        dataset = read_csv(spec.data, spec.target, spec.features)
+        dataset = read_csv(spec.data, spec.target, spec.features, spec.skip_warmup)
     return train(family, dataset, spec.key, spec.window, spec.params, progress)
 
 
@@ -212,12 +213,13 @@ def _receive(connection, on_progress: Callable[[float, str], None]):
 
 class TrainingJobs:
     def __init__(self, model_store, board: JobBoard, workers: int = 1,
-                 on_saved: Callable[[ModelKey], None] | None = None,
+                 on_saved: Callable[[ModelMeta], Awaitable[None]] | None = None,
                  timeout: float = 3600.0, memory_mb: int = 0, node: str = "",
                  scratch: Path | None = None):
         self._store = model_store
         self._board = board
-        self._on_saved = on_saved  # told of each model stored (the cache loads it at once)
+        # Told of each model stored, before its job is reported done: the servers serve it.
+        self._on_saved = on_saved
         self._timeout = timeout  # seconds a job may train
         if memory_mb and not can_cap_memory():
             log.warning("training.memory_not_capped", platform=sys.platform,
@@ -460,7 +462,8 @@ class TrainingJobs:
             training = TrainingSpec(
                 job_id=job.id, key=job.key, data=path, target=spec["target"],
                 window=int(spec["window"]), features=spec.get("features"),
-                params=dict(spec.get("params") or {}), data_label=spec.get("data_label"))
+                params=dict(spec.get("params") or {}),
+                skip_warmup=bool(spec.get("skip_warmup")), data_label=spec.get("data_label"))
             return await self._in_process(job, training)
         finally:
             if path is not None:
@@ -479,7 +482,7 @@ class TrainingJobs:
             job.model_id, job.version = meta.id, meta.version
             job.state, job.progress, job.stage = "succeeded", 1.0, "trained"
             if self._on_saved is not None:
-                self._on_saved(job.key)
+                await self._on_saved(meta)
         except (NemberError, JobStopped) as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a worker crash or a plugin bug: say so, keep serving

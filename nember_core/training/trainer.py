@@ -53,6 +53,8 @@ def train(
 
     started = time.perf_counter()
     metrics = _holdout_metrics(family, X, y, key.model_type, params, classes, report)
+    if data.skipped:
+        metrics["warmup_rows_skipped"] = data.skipped
     report(0.6, "fitting on all samples")
     model = _fit(family, X, y, key.model_type, params)
     report(0.9, "serializing")

@@ -36,7 +36,7 @@ def sweep_uploads(data_dir: Path) -> int:
     return swept
 
 
-FIELDS = ("strat", "model", "type", "target", "window", "features", "params")
+FIELDS = ("strat", "model", "type", "target", "window", "features", "params", "skip_warmup")
 CHUNK = 256 * 1024
 
 
@@ -156,10 +156,13 @@ def _training_request(fields: dict[str, str], path) -> TrainingRequest:
         raise ApiError(422, "'params' must be a JSON object of hyperparameters.") from None
     if not isinstance(params, dict):
         raise ApiError(422, "'params' must be a JSON object of hyperparameters.")
+    skip_warmup = (fields.get("skip_warmup") or "false").lower()
+    if skip_warmup not in ("true", "false"):
+        raise ApiError(422, "'skip_warmup' must be true or false.")
     return TrainingRequest(strat=fields["strat"], family=fields["model"],
                            model_type=fields["type"], data=path, target=fields["target"],
                            window=window, features=features, params=params,
-                           data_label="the CSV")
+                           skip_warmup=skip_warmup == "true", data_label="the CSV")
 
 
 def job_json(job: TrainingJob) -> dict:

@@ -140,7 +140,12 @@ PATHS = {
                                     "features": {"type": "string",
                                                  "description": "Comma-separated"},
                                     "params": {"type": "string",
-                                               "description": "JSON object"}}}}}},
+                                               "description": "JSON object"},
+                                    "skip_warmup": {
+                                        "type": "string", "enum": ["true", "false"],
+                                        "default": "false",
+                                        "description": "Drop the leading rows whose features "
+                                                       "or target are still empty"}}}}}},
                  "responses": {"202": _json(_ref("Job"), "The queued job"),
                                **_errors(400, 413, 422)}}},
     "/api/models/{id}": {"delete": {

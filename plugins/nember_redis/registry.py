@@ -7,7 +7,9 @@ process killed outright stops refreshing, and its connections leave every listin
 keys expire (``STALE_AFTER`` heartbeats). The per-account limit is counted across nodes by
 one Lua script. A close request is queued for the instance that holds the socket and
 announced on its pub/sub channel; the instance also takes its queue at every heartbeat, so a
-wake-up lost while it resubscribes costs a heartbeat, not the request.
+wake-up lost while it resubscribes costs a heartbeat, not the request. New model versions are
+announced on one channel every instance listens to (``ModelAnnouncements``); one lost while
+resubscribing costs the servers' poll interval.
 
 Redis holds only live state: when it restarts empty, or an instance's keys expired during a
 stall, the next heartbeat finds its connections' hashes gone and writes them again. While Redis
@@ -27,7 +29,13 @@ from typing import Any, TypeVar
 
 import structlog
 
-from nember_core.plugin_api import CloseConnection, LiveConnection, StoreUnavailable
+from nember_core.plugin_api import (
+    CloseConnection,
+    LiveConnection,
+    ModelAnnounced,
+    ModelKey,
+    StoreUnavailable,
+)
 
 from . import scripts
 
@@ -57,6 +65,8 @@ class RedisConnectionRegistry:
         self._ttl_ms = max(1, round(STALE_AFTER * heartbeat * 1000))
         self._instance_key = f"{prefix}instance:{self._instance}"
         self._closes = f"{prefix}closes:{self._instance}"  # the queue, and the channel
+        self._models = f"{prefix}models"  # every instance's channel for model announcements
+        self._model_listeners: list[ModelAnnounced] = []
         self._add = client.register_script(scripts.ADD)
         self._list = client.register_script(scripts.LIST)
         self._live_among = client.register_script(scripts.LIVE_AMONG)
@@ -190,6 +200,26 @@ class RedisConnectionRegistry:
             ))
         return live
 
+    async def announce_model(self, key: ModelKey, version: int | None) -> None:
+        message = json.dumps([key.account_id, key.strat, key.family, key.model_type, version])
+        await self._call(self._client.publish(self._models, message))
+
+    def on_model_announced(self, listener: ModelAnnounced) -> None:
+        self._model_listeners.append(listener)
+
+    def _tell_listeners(self, data: str) -> None:
+        try:
+            account_id, strat, family, model_type, version = json.loads(data)
+            key = ModelKey(account_id, strat, family, model_type)
+        except (ValueError, TypeError) as exc:  # not written by this plugin: ignore it
+            log.warning("registry.bad_announcement", error=brief(exc))
+            return
+        for listener in self._model_listeners:
+            try:
+                listener(key, version)
+            except Exception as exc:  # a listener's bug must not end the subscription
+                log.error("registry.listener_failed", error=brief(exc))
+
     def _start_closing(self, close: CloseConnection, code: int, reason: str) -> None:
         # Start the close handshake and return: a slow peer must not hold up the caller.
         task = asyncio.create_task(close(code, reason))
@@ -281,7 +311,7 @@ class RedisConnectionRegistry:
     async def _subscribe(self) -> Any:
         pubsub = self._client.pubsub()
         try:
-            await self._call(pubsub.subscribe(self._closes))
+            await self._call(pubsub.subscribe(self._closes, self._models))
         except BaseException:
             await _quietly(pubsub.aclose())
             raise
@@ -295,8 +325,8 @@ class RedisConnectionRegistry:
             self._act_on(requests)  # before leaving the block, which awaits
 
     async def _listen_forever(self, pubsub: Any = None) -> None:
-        """Take the close queue whenever the channel says so; subscribe again when the
-        connection drops (Redis restarted)."""
+        """Take the close queue whenever its channel says so, and tell the listeners of each
+        model announced; subscribe again when the connection drops (Redis restarted)."""
         lost = False
         try:
             while not self._closed:
@@ -314,7 +344,11 @@ class RedisConnectionRegistry:
                             lost = False
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=self._heartbeat)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["channel"] == self._models:
+                        self._tell_listeners(message["data"])
+                    else:
                         await self._take_closes()
                 except Exception as exc:
                     if not lost and not self._closed:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from nember_core.credentials import new_id
-from nember_core.records import LiveConnection, utcnow
+from nember_core.plugin_api import ModelAnnouncements
+from nember_core.records import LiveConnection, ModelKey, utcnow
 
 from .conftest import shared
 
@@ -121,6 +124,24 @@ async def test_a_node_that_stops_leaves_every_listing(open_store, provider):
 
 async def _none_listed(store) -> bool:
     return await store.list("acct_1") == []
+
+
+async def test_a_model_announced_on_one_node_is_heard_on_every_node(open_store, provider):
+    shared(provider)
+    one, two = await open_store("node-1"), await open_store("node-2")
+    if not isinstance(one, ModelAnnouncements):
+        pytest.skip("this registry announces no models: servers find them by polling")
+    heard: dict[str, asyncio.Queue] = {"node-1": asyncio.Queue(), "node-2": asyncio.Queue()}
+    one.on_model_announced(lambda key, version: heard["node-1"].put_nowait((key, version)))
+    two.on_model_announced(lambda key, version: heard["node-2"].put_nowait((key, version)))
+    key = ModelKey("acct_1", "breakout", "DecisionTree", "class")
+    asked = time.monotonic()
+    await one.announce_model(key, 7)
+    await two.announce_model(key, None)  # a version deleted: look the newest up
+    for node, queue in heard.items():
+        assert await asyncio.wait_for(queue.get(), 2) == (key, 7), node
+        assert await asyncio.wait_for(queue.get(), 2) == (key, None), node
+    print(f"announcement heard on both nodes in {(time.monotonic() - asked) * 1000:.0f} ms")
 
 
 async def test_an_open_store_answers_a_ping(store):

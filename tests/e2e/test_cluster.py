@@ -66,7 +66,10 @@ def cluster(tmp_path_factory, module_servers):
         configs = [
             write_config(
                 folder / f"node-{i}",
-                server={"node": f"node-{i}", "max_connections_per_account": LIMIT},
+                # Nodes look for changed models only every minute: the test of retraining
+                # shows that announcements through Redis make them swap at once.
+                server={"node": f"node-{i}", "max_connections_per_account": LIMIT,
+                        "model_refresh_interval": 60},
                 key_store=shared, billing=shared, model_store=shared, jobs=shared,
                 connection_registry={"plugin": "redis", "url": REDIS, "prefix": prefix},
             )
@@ -209,6 +212,50 @@ async def test_a_model_trained_through_one_node_serves_on_all(cluster, key):
             ws = await authed(session, cluster.nodes[i].url, key)
             answer = await ask(ws, request(strat_name="trained-on-node-1"))
             assert answer["type"] == "success", (i, answer)
+            await ws.close()
+
+
+async def test_a_model_retrained_through_one_node_is_served_by_every_node_at_once(cluster, key):
+    prices = (cluster.folder / "prices.csv").read_text().splitlines()
+    # The second version learns the move plus 1000: which version answers is plain to see.
+    shifted = [prices[0]] + [
+        ",".join([*row.split(",")[:3], f"{float(row.split(',')[3]) + 1000:.4f}"])
+        for row in prices[1:]
+    ]
+    ask_reg = request(strat_name="retrained", model_type="reg")
+    async with aiohttp.ClientSession() as session:
+
+        async def train(text: str) -> None:
+            status, job = await api(session, cluster.node_base(1), key, "POST", "/api/models",
+                                    data=training_form(text.encode(), strat="retrained",
+                                                       type="reg", target="move"))
+            assert status == 202, job
+
+            async def done():
+                _, state = await api(session, cluster.node_base(1), key, "GET",
+                                     f"/api/jobs/{job['id']}")
+                assert state["state"] != "failed", state
+                return state["state"] == "succeeded"
+
+            await until(done, 120, "finished training job")
+
+        await train("\n".join(prices) + "\n")
+        bots = [await authed(session, cluster.nodes[i].url, key) for i in (0, 2)]
+        for ws in bots:
+            assert (await ask(ws, ask_reg))["prediction"] < 500  # version 1, now cached
+
+        await train("\n".join(shifted) + "\n")
+        swapped = time.monotonic()
+
+        async def every_node_serves_version_2():
+            answers = [await ask(ws, ask_reg) for ws in bots]
+            return all(answer["prediction"] > 500 for answer in answers)
+
+        # Polling would take up to a minute here; the announcement takes a moment.
+        await until(every_node_serves_version_2, 2, "new version on nodes 0 and 2")
+        print(f"retrained model served by every node {time.monotonic() - swapped:.2f} s "
+              "after its job was seen done")
+        for ws in bots:
             await ws.close()
 
 

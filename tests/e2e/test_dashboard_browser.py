@@ -23,6 +23,7 @@ from tests.harness import (
     Server,
     require_service,
     run_cli,
+    warmup_prices,
     write_config,
     write_prices,
 )
@@ -252,6 +253,31 @@ def test_walk_through_the_dashboard(open_page, site):
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Log in to Nember")).to_be_visible()
     assert page.request.get(site.base + "/api/keys").status == 401
+
+
+def test_a_csv_whose_indicators_warm_up_trains_with_those_rows_skipped(open_page, site,
+                                                                        tmp_path):
+    csv_path = tmp_path / "indicators.csv"
+    csv_path.write_text(warmup_prices())
+    page = open_page(1200, 860)
+    log_in(page, site.base)
+    page.get_by_role("link", name="Models").click()
+    page.set_input_files("#csv-file", str(csv_path))
+    skip = page.get_by_label("Skip the warm-up rows")
+    expect(skip).to_be_checked()
+    expect(page.locator("#warmup-field")).to_contain_text(
+        "the first 2 rows have empty cells in sma3")
+    expect(page.locator("#features input[value=sma3]")).to_be_enabled()
+    skip.uncheck()  # without skipping them, the indicator can't be a feature
+    expect(page.locator("#features input[value=sma3]")).to_be_disabled()
+    skip.check()
+    page.get_by_label("Strategy").fill("warm-browser")
+    page.get_by_label("Target column").select_option("direction")
+    page.locator("#features input[value=move]").uncheck()
+    page.get_by_role("button", name="Start training").click()
+    rows = strategy_rows(page, "warm-browser")
+    expect(rows).to_have_count(1, timeout=TRAINING_TIMEOUT)
+    expect(rows.first).to_contain_text("point1, point2, sma3 × 1")
 
 
 def test_the_page_fits_a_phone(open_page, site):

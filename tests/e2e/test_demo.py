@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -10,22 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Server, write_config
+from tests.harness import banner_key, write_config
 
 pytestmark = pytest.mark.e2e  # real nember processes: `pytest -m e2e`
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def banner_key(server: Server, nth: int = 1, timeout: float = 60.0) -> str:
-    """The key the demo printed in its ``nth`` banner (runs on one port share a log file)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.findall(r"API key: (nmb_\S+)", server.output())
-        if len(found) >= nth:
-            return found[nth - 1]
-        time.sleep(0.1)
-    raise AssertionError(f"no key in the demo's output:\n{server.output()}\n{server.log()}")
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from nember_core.errors import ConfigError
 from nember_core.plugins import collect_providers, installed_families, plugin_manager
 from tests.cases import CONFIG_ERRORS as CONFIG_ERRORS_E2E
 from tests.cases import MORE_CONFIG_ERRORS
-from tests.harness import PASSWORD, write_config, write_prices
+from tests.harness import PASSWORD, warmup_prices, write_config, write_prices
 
 EMAIL = "trader@example.com"
 
@@ -272,6 +272,9 @@ def workspace(tmp_path_factory) -> Path:
     config = write_config(folder)
     write_prices(folder / "prices.csv", rows=80)
     (folder / "ragged.csv").write_text("point1,point2,direction,move\n1,2,up,0.1\n3,4\n")
+    (folder / "semicolons.csv").write_text("point1;point2;direction\n1,5;2,5;up\n")
+    (folder / "warmup.csv").write_text(warmup_prices())
+    (folder / "gap.csv").write_text(warmup_prices(gap_at=40))
     with _isolated_logging(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("NEMBER_PASSWORD", PASSWORD)
         assert cli.main(["--config", str(config), "accounts", "create", EMAIL]) == 0
@@ -398,6 +401,15 @@ def test_train_prints_what_it_trained(nember):
         r"features point1,point2; hold-out: \w+ -?[\d.e-]+(, \w+ -?[\d.e-]+)+\n", out), out
 
 
+def test_train_skips_the_warm_up_rows_when_asked(nember):
+    code, out, err = nember(*train("--skip-warmup", data="warmup.csv", target="move",
+                                   model_type="reg", strat="warm"))
+    assert (code, err) == (0, "")
+    assert out.startswith(
+        "Trained DecisionTree reg for strategy 'warm': version 1, 78 samples (2 warm-up rows "
+        "skipped), window 1, features point1,point2,sma3; hold-out: "), out
+
+
 def test_families_lists_the_installed_ones(nember):
     code, out, err = nember("families")
     assert (code, err) == (0, "")
@@ -451,6 +463,16 @@ CLI_ERRORS = [
     (train("--param", "=3"), "--param '=3': expected NAME=VALUE"),
     (train("--param", "max_depth=[1"), "--param 'max_depth=[1': cannot read the value"),
     (train(data="."), ".: cannot read the CSV file: "),
+    (train(data="semicolons.csv"), "semicolons.csv: the header is one column, "
+     "'point1;point2;direction': the file looks separated by semicolons. Save it as "
+     "comma-separated values (commas between values, a point as the decimal mark)"),
+    (train(data="warmup.csv"), "warmup.csv: column 'sma3' is empty on its first 2 rows "
+     "(warm-up rows of an indicator?): skip the warm-up rows (the CLI's --skip-warmup, the "
+     "REST API's skip_warmup=true), or name the features to use"),
+    (train("--features", "point1,sma3", data="warmup.csv"), "warmup.csv: feature 'sma3' is "
+     "empty on its first 2 rows (warm-up rows of an indicator?): skip the warm-up rows"),
+    (train("--skip-warmup", "--features", "point1,sma3", data="gap.csv"),  # leading rows only
+     "gap.csv: feature 'sma3' is not numeric (line 42: '')"),
     (["train", "--account", "nobody@example.com", "--strat", "s", "--model", "DecisionTree",
       "--type", "class", "--data", "prices.csv", "--target", "direction"],
      "no account for nobody@example.com"),

@@ -19,7 +19,7 @@ import pytest
 
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
-from tests.harness import write_config, write_prices
+from tests.harness import warmup_prices, write_config, write_prices
 from tests.helpers import request, training_form
 
 from .conftest import ask, authed
@@ -395,6 +395,7 @@ async def test_train_follow_serve_retrain_and_delete_versions_then_the_model(
     ({"params": "[1]"}, "'params' must be a JSON object of hyperparameters."),
     ({"params": "{"}, "'params' must be a JSON object of hyperparameters."),
     ({"colour": "blue"}, "Unknown form field 'colour'; expected 'data' and 'strat', "),
+    ({"skip_warmup": "yes"}, "'skip_warmup' must be true or false."),
 ])
 async def test_training_request_errors_are_422(api, prepared, fields, message):
     status, answer = await api.call("POST", "/models", data=api.form(**fields))
@@ -411,12 +412,27 @@ async def test_what_only_the_whole_csv_shows_is_a_failed_job_with_the_reason(api
          "the CSV: line 2 has 1 values, the header has 2"),
         (api.form(features="direction", target="move"),
          "the CSV: feature 'direction' is not numeric (line 2: "),
+        (api.form(warmup_prices().encode(), features="point1,sma3"),
+         "the CSV: feature 'sma3' is empty on its first 2 rows (warm-up rows of an "
+         "indicator?): skip the warm-up rows (the CLI's --skip-warmup, the REST API's "
+         "skip_warmup=true)"),
     ]:
         status, job = await api.call("POST", "/models", data=form)
         assert status == 202, job
         job, _ = await api.finished(job)
         assert job["state"] == "failed" and job["error"].startswith(reason), job
         assert job["model_id"] is None
+
+
+async def test_the_warm_up_rows_are_skipped_when_asked(api):
+    form = api.form(warmup_prices().encode(), strat="warm", features="point1,sma3",
+                    skip_warmup="true")
+    status, job = await api.call("POST", "/models", data=form)
+    assert status == 202, job
+    job, _ = await api.finished(job)
+    assert job["state"] == "succeeded", job
+    (model,) = [m for m in await api.items("/models") if m["strat"] == "warm"]
+    assert (model["samples"], model["metrics"]["warmup_rows_skipped"]) == (77, 2)
 
 
 async def test_a_bad_or_missing_csv_is_422_and_json_is_400(api):

@@ -309,3 +309,29 @@ async def test_remembered_misses_are_bounded_in_bytes(tmp_path):
     for i in range(8):
         await small.load(key(f"n{i}"))
     assert [small.get(key(f"n{i}")) for i in range(8)] == [MISSING] * 3 + [None] * 5
+
+
+async def test_an_announced_version_is_swapped_in_without_waiting_for_a_refresh(tmp_path):
+    store = Store(tmp_path)
+    cache = ModelCache(store, FAMILIES)
+    await train(store, key("a"))
+    await cache.load(key("a"))
+    newer = await train(store, key("a"), seed=1)
+
+    cache.announced(key("a"), newer.version)
+    await cache.wait_compiled()
+    assert cache.get(key("a")).version == 2
+    store.latest_calls.clear()
+    cache.announced(key("a"), 2)  # heard twice (its own, then the registry's): nothing to do
+    await cache.wait_compiled()
+    assert store.latest_calls == []
+
+    await store.delete(newer)
+    cache.announced(key("a"), None)  # a version deleted: the newest is looked up
+    await cache.wait_compiled()
+    assert cache.get(key("a")).version == 1
+
+    await train(store, key("fresh"))
+    cache.announced(key("fresh"), 1)  # never asked for here: loaded before the first request
+    await cache.wait_compiled()
+    assert cache.get(key("fresh")).version == 1

@@ -179,6 +179,9 @@ async function showKeys() {
 }
 
 // ---- models --------------------------------------------------------------------------
+// What the server takes for "no value yet" in a CSV cell (training/dataset.py).
+const EMPTY_CELLS = ["", "nan", "na", "n/a", "null", "none", "#n/a"];
+
 function parseCsv(text, maxRows) {
   // Enough for a preview: quoted fields, commas and newlines inside quotes.
   const rows = []; let row = []; let field = ""; let quoted = false;
@@ -228,6 +231,8 @@ async function showModels() {
             <option value="class">class (classification)</option><option value="reg">reg (regression)</option></select></div>
           <div class="field"><label for="window">Window (data points per sample)</label><input id="window" name="window" type="number" min="1" max="1000" value="1"></div>
         </div>
+        <div class="field mt" id="warmup-field" hidden><label><input type="checkbox" id="skip-warmup" checked>
+          Skip the warm-up rows: <span id="warmup-note"></span></label></div>
         <div class="mt"><label>Features</label><div class="checks" id="features"></div></div>
         <div class="field mt"><label for="params">Hyperparameters (JSON, optional)</label>
           <textarea id="params" name="params" placeholder='{"max_depth": 4}'></textarea></div>
@@ -246,7 +251,7 @@ async function showModels() {
             <tr data-model="${m.id}">
               <td>${m.model}</td><td>${m.type}</td>
               <td>v${m.version} ${m.latest ? raw('<span class="tag ok">serving</span>') : ""}</td>
-              <td>${Object.entries(m.metrics).filter(([k]) => !["holdout", "train", "note"].includes(k)).map(([k, v]) => `${k} ${v}`).join(", ") || m.metrics.note || "—"}</td>
+              <td>${Object.entries(m.metrics).filter(([k]) => !["holdout", "train", "note", "warmup_rows_skipped"].includes(k)).map(([k, v]) => `${k} ${v}`).join(", ") || m.metrics.note || "—"}</td>
               <td>${m.features.join(", ")} × ${m.window}</td><td>${when(m.trained_at)}</td>
               <td><details><summary>Request</summary>
                 <pre>${JSON.stringify(m.request_example, null, 1)}</pre>
@@ -261,9 +266,16 @@ async function showModels() {
   document.getElementById("csv-file").onchange = async (e) => {
     file = e.target.files[0];
     if (!file) return;
-    const rows = parseCsv(await file.slice(0, 256 * 1024).text(), 6);
-    const [header, ...sample] = rows;
-    const numeric = header.map((_, i) => sample.length > 0 && sample.every((r) => r[i] !== undefined && r[i].trim() !== "" && !isNaN(Number(r[i]))));
+    const slice = 256 * 1024;
+    const [header, ...body] = parseCsv(await file.slice(0, slice).text(), 500);
+    if (file.size > slice) body.pop();  // cut at the slice's end
+    const sample = body.slice(0, 5);
+    const empty = (v) => v === undefined || EMPTY_CELLS.includes(v.trim().toLowerCase());
+    const isNumber = (v) => !empty(v) && !isNaN(Number(v));
+    // Leading empty cells: an indicator warming up (a 20-bar average has none for 19 rows).
+    const lead = header.map((_, i) => { let n = 0; while (n < body.length && empty(body[n][i])) n++; return n; });
+    const numeric = header.map((_, i) => body.length > 0 && body.every((r) => isNumber(r[i])));
+    const warming = header.map((_, i) => lead[i] > 0 && lead[i] < body.length && body.slice(lead[i]).every((r) => isNumber(r[i])));
     document.getElementById("csv-preview").innerHTML = html`
       <p class="muted">${file.name}: ${header.length} columns. First rows:</p>
       <div class="table-wrap"><table><thead><tr>${header.map((h) => raw(html`<th>${h}</th>`))}</tr></thead>
@@ -271,11 +283,18 @@ async function showModels() {
     const target = document.getElementById("target");
     target.innerHTML = header.map((h) => html`<option>${h}</option>`).join("");
     target.value = header[header.length - 1];
+    const skip = document.getElementById("skip-warmup");
+    const warmingNames = header.filter((_, i) => warming[i]);
+    document.getElementById("warmup-field").hidden = warmingNames.length === 0;
+    document.getElementById("warmup-note").textContent = warmingNames.length === 0 ? "" :
+      `the first ${Math.max(...lead.filter((_, i) => warming[i]))} rows have empty cells in ${warmingNames.join(", ")}`;
     const drawFeatures = () => {
+      const usable = (i) => numeric[i] || (warming[i] && skip.checked);
       document.getElementById("features").innerHTML = header.map((h, i) => (h === target.value ? "" : html`
-        <label><input type="checkbox" name="feature" value="${h}" ${numeric[i] ? "checked" : raw("disabled")}> ${h}</label>`)).join("");
+        <label><input type="checkbox" name="feature" value="${h}" ${usable(i) ? "checked" : raw("disabled")}> ${h}</label>`)).join("");
     };
     target.onchange = drawFeatures;
+    skip.onchange = drawFeatures;
     drawFeatures();
     document.getElementById("train-form").hidden = false;
   };
@@ -288,6 +307,8 @@ async function showModels() {
     body.append("data", file, file.name);
     for (const name of ["strat", "model", "type", "target", "window"]) body.append(name, form.get(name));
     body.append("features", features.join(","));
+    const warmup = document.getElementById("warmup-field");
+    body.append("skip_warmup", String(!warmup.hidden && document.getElementById("skip-warmup").checked));
     if (form.get("params").trim()) body.append("params", form.get("params"));
     const button = document.getElementById("train-button");
     button.disabled = true;
