@@ -11,7 +11,8 @@ and drives both from a load generator in its own process:
 - 16, 64 and 256 connections: predictions per second and p50/p99;
 - each family's raw in-process predict cost, and the whole per-frame cost in-process (tree
   models compiled to native code first, as a server does when it loads them; --no-compile
-  measures their NumPy and library paths instead);
+  measures their NumPy and library paths instead), also with PROTOCOL §7's opt-in fields
+  (``details``; ``probabilities`` for class models);
 - server memory (RSS) with 0, 1,000 and 10,000 idle authenticated connections.
 
 It prints tables and the target ratios (Nember ÷ floor), and writes everything as JSON.
@@ -94,9 +95,9 @@ def loadgen(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def frame(family: str, model_type: str) -> str:
+def frame(family: str, model_type: str, **extensions) -> str:
     return orjson.dumps({"strat_name": "bench", "model_name": family, "model_type": model_type,
-                         "DataPoints": POINTS}).decode()
+                         "DataPoints": POINTS, **extensions}).decode()
 
 
 # --- set-up and in-process costs ---------------------------------------------------------
@@ -155,6 +156,13 @@ async def prepare(config: Path, folder: Path, families: list[str],
                 ),
                 "native": model.native,
             }
+            opt_in = {"details": frame(family, model_type, details=True)}
+            if model_type == "class":
+                opt_in["probabilities"] = frame(family, model_type, probabilities=True)
+            for name, text in opt_in.items():
+                session.answer(text, True)
+                costs[f"{family}/{model_type}"][f"frame_{name}_us"] = _time_per_call(
+                    lambda session=session, text=text: session.answer(text, True))
         return key, costs
     finally:
         if compiler is not None:
@@ -331,6 +339,12 @@ def render(report: dict) -> str:
             f"{r['p50_vs_floor_plus_predict']:>10.2f}{'✓' if marks[0] else '✗'}"
             f"{r['p99_vs_floor']:>10.2f}{'✓' if marks[1] else '✗'}"
             f"{r['throughput_64_vs_floor']:>14.2f}{'✓' if marks[2] else '✗'}")
+    lines += ["", "Opt-in answers (PROTOCOL §7), in-process µs per frame",
+              f"{'':22}{'plain':>9}{'details':>9}{'probabilities':>15}"]
+    for name, cost in costs.items():
+        proba = cost.get("frame_probabilities_us")
+        lines.append(f"{name:<22}{cost['frame_us']:>9.2f}{cost['frame_details_us']:>9.2f}"
+                     + (f"{proba:>15.2f}" if proba is not None else f"{'-':>15}"))
     memory = report["memory_mib"]
     if memory:
         counts = [k for k in memory if k.isdigit()]

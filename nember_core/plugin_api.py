@@ -14,6 +14,7 @@ processes, never per message on the event loop, except the ``Predictor`` they bu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -70,7 +71,7 @@ __all__ = [
     "NemberError", "NotFound", "AlreadyExists", "InvalidData", "ModelFileRejected",
     "StoreUnavailable",
     # helpers for families
-    "Tree", "TreeEnsemble", "decode_output",
+    "Tree", "TreeEnsemble", "decode_output", "class_probabilities", "softmax", "sigmoid",
     # helpers for key stores
     "new_id", "new_api_key", "key_hash", "hash_password", "check_password",
     "VISIBLE_PREFIX_LENGTH",
@@ -439,11 +440,16 @@ class Predictor:
     library allows. ``many`` answers concurrent requests in one batch (without it, batches go
     through the family's ``predict``). ``ensemble``: the trees ``one`` evaluates, for tree
     models; the server then compiles them to native code in the background and switches.
+    ``proba``, for ``class`` models: one row in, the probability of each class index out (a
+    1-D array summing to 1, see :func:`class_probabilities`); what a request asking for
+    ``"probabilities"`` gets (PROTOCOL §7), and what evaluation scores calibration with.
+    Without it, such requests get an error answer.
     """
 
     one: RowPredictor
     many: RowsPredictor | None = None
     ensemble: TreeEnsemble | None = None
+    proba: RowPredictor | None = None
 
 
 @attrs.frozen
@@ -489,6 +495,31 @@ class ModelFamily(Protocol):
 
     def predict(self, model: Any, model_type: str, X: np.ndarray) -> Sequence[Any]:
         """Batch predictions through the library's own API (evaluation and tests)."""
+
+
+def class_probabilities(raw: np.ndarray) -> np.ndarray:
+    """A classifier's output for one row as the probability of each class index: one value
+    (a binary model's positive-class probability) becomes ``[1 - p, p]``; several are scaled
+    to sum to 1 (one-vs-rest models' do not)."""
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if raw.size == 1:
+        p = float(raw[0])
+        return np.array([1.0 - p, p])
+    return raw / raw.sum()
+
+
+def softmax(margins: np.ndarray) -> np.ndarray:
+    """Raw multi-class scores (margins) as probabilities."""
+    shifted = np.exp(np.asarray(margins, dtype=np.float64) - np.max(margins))
+    return shifted / shifted.sum()
+
+
+def sigmoid(margin: float) -> float:
+    """A binary model's margin as its positive class's probability (no overflow)."""
+    if margin >= 0:
+        return 1.0 / (1.0 + math.exp(-margin))
+    small = math.exp(margin)
+    return small / (1.0 + small)
 
 
 def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:

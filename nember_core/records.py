@@ -87,6 +87,11 @@ class ModelMeta:
     # SHA-256 of the model file, checked before a server decodes it: a damaged file is refused
     # instead of reaching a library that may crash on it. None for models stored before it.
     artifact_sha256: str | None = None
+    # The smallest and largest value of each feature in the training data, in ``features``
+    # order: what "in distribution" means for a request (PROTOCOL §7). None for models
+    # trained before it was kept.
+    feature_ranges: tuple[tuple[float, float], ...] | None = attrs.field(
+        default=None, converter=lambda r: None if r is None else tuple(map(tuple, r)))
 
     @property
     def id(self) -> str:
@@ -111,6 +116,8 @@ class ModelMeta:
             "trained_at": self.trained_at.isoformat(),
             "training_seconds": self.training_seconds,
             "artifact_sha256": self.artifact_sha256,
+            "feature_ranges": (None if self.feature_ranges is None
+                               else [list(r) for r in self.feature_ranges]),
         }
 
     @classmethod
@@ -130,6 +137,7 @@ class ModelMeta:
             trained_at=datetime.fromisoformat(data["trained_at"]),
             training_seconds=float(data["training_seconds"]),
             artifact_sha256=data.get("artifact_sha256"),
+            feature_ranges=data.get("feature_ranges"),
         )
 
 

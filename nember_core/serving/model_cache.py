@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 import attrs
+import numpy as np
 import structlog
 
 from nember_core.metrics import FIGURES
@@ -40,6 +41,10 @@ MAX_ABSENT_BYTES = 8 * 1024 * 1024
 RETRY_BASE = 1.0  # seconds from a failed load to the next try; doubling per failure...
 RETRY_CAP = 60.0  # ...up to this
 REFRESH_LOADS = 4  # loads a refresh runs at once: each holds a thread and the GIL in turns
+# Versions asked for by number (PROTOCOL §7) kept loaded besides the newest ones: at most this
+# many, the least recently asked going first.
+MAX_PINNED = 64
+PINNED_MISS_SECONDS = 5.0  # a version found missing is looked up again after this
 LOG_LIMIT = 200  # characters of a strategy name or an error in a log event
 
 
@@ -63,12 +68,24 @@ class LoadFailure:
         return time.monotonic() >= self.retry_at
 
 
+@attrs.frozen
+class PinnedMiss:
+    """Why a version asked for by number can't answer: ``no_model`` (no version at all),
+    ``no_version`` (not that one; ``newest`` is), ``failed`` (its load failed)."""
+
+    reason: str
+    newest: int | None
+    until: float  # time.monotonic() after which it is looked up again
+
+
 class LoadedModel:
     __slots__ = ("meta", "version", "extractor", "batcher", "predictor", "batch_rows",
-                 "ensemble", "kind", "_labels")
+                 "ensemble", "kind", "_labels", "proba", "_label_names", "_bounds",
+                 "trained_at", "_trained_epoch")
 
     def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
-                 batcher: MicroBatcher | None = None, batch_rows=None, ensemble=None):
+                 batcher: MicroBatcher | None = None, batch_rows=None, ensemble=None,
+                 proba: RowPredictor | None = None):
         self.meta = meta
         self.version = meta.version
         self.extractor = FeatureExtractor(meta.features, meta.window)
@@ -78,6 +95,35 @@ class LoadedModel:
         self.ensemble = ensemble  # the trees it evaluates, if it is a tree model
         self.kind = (meta.key.family, meta.key.model_type)  # what /metrics counts it under
         self._labels = meta.classes
+        # What the opt-in answers (PROTOCOL §7) need, worked out once per version.
+        self.proba = proba  # class probabilities of one row; None: the family gives none
+        self._label_names = None if meta.classes is None else [str(c) for c in meta.classes]
+        self._bounds = None
+        if meta.feature_ranges is not None:  # (low, high) per value of a request's row
+            self._bounds = tuple(meta.feature_ranges) * meta.window
+        self.trained_at = meta.trained_at.isoformat().replace("+00:00", "Z")
+        self._trained_epoch = meta.trained_at.timestamp()
+
+    def probabilities(self, row: np.ndarray) -> tuple[Any, dict[str, float]]:
+        """The most probable label, and each label's probability (labels as strings)."""
+        found = self.proba(row)
+        values = found.tolist() if type(found) is np.ndarray else [float(p) for p in found]
+        best = max(range(len(values)), key=values.__getitem__)  # the first, on a tie
+        return self.label(best), dict(zip(self._label_names, values, strict=True))
+
+    def details(self, row: np.ndarray) -> tuple[dict[str, Any], bool | None]:
+        """The answer's ``model`` object, and whether ``row`` lies inside the ranges the
+        model saw in training (``None``: not known, a model trained before they were kept).
+        """
+        model = {"version": self.version, "trained_at": self.trained_at,
+                 "age_seconds": round(time.time() - self._trained_epoch, 3)}
+        if self._bounds is None:
+            return model, None
+        # A few values: plain floats beat NumPy's per-call overhead several times over.
+        for value, (low, high) in zip(row[0].tolist(), self._bounds, strict=True):
+            if value < low or value > high:
+                return model, False
+        return model, True
 
     @property
     def native(self) -> bool:
@@ -112,6 +158,9 @@ class ModelCache:
         self._absent: OrderedDict[ModelKey, int] = OrderedDict()  # None entries, oldest first
         self._absent_bytes = 0  # the sum of ``_absent``'s key sizes
         self._loading: dict[ModelKey, asyncio.Future] = {}
+        self._pinned: OrderedDict[tuple[ModelKey, int], LoadedModel | PinnedMiss] = (
+            OrderedDict())
+        self._loading_pinned: dict[tuple[ModelKey, int], asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()  # prefetches and compiles
         self._generation: str | None = None
 
@@ -137,6 +186,67 @@ class ModelCache:
             del self._loading[key]
             future.set_result(None)
 
+    def get_version(self, key: ModelKey, version: int):
+        """Version ``version`` of ``key``: the loaded model, a ``PinnedMiss``, or ``MISSING``
+        before a load (or when a miss is due to be looked up again)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.version == version:
+            return entry
+        found = self._pinned.get((key, version))
+        if found is None or (type(found) is PinnedMiss and found.until <= time.monotonic()):
+            return MISSING
+        self._pinned.move_to_end((key, version))
+        return found
+
+    async def load_version(self, key: ModelKey, version: int) -> None:
+        """Load one version by number (once, however many connections ask at once)."""
+        wanted = (key, version)
+        pending = self._loading_pinned.get(wanted)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._loading_pinned[wanted] = future
+        try:
+            found = await self._fetch_version(key, version)
+            self._pinned[wanted] = found
+            self._pinned.move_to_end(wanted)
+            while len(self._pinned) > MAX_PINNED:
+                self._pinned.popitem(last=False)
+        finally:
+            del self._loading_pinned[wanted]
+            future.set_result(None)
+
+    async def _fetch_version(self, key: ModelKey, version: int) -> LoadedModel | PinnedMiss:
+        family = self._families.get(key.family)
+        if family is None:
+            return PinnedMiss("no_model", None, time.monotonic() + PINNED_MISS_SECONDS)
+        try:
+            # Every version of the account's models: rare (a version's first request on
+            # this server), and no store needs a method more for it.
+            versions = [meta for meta in await self._store.list(key.account_id)
+                        if meta.key == key]
+            meta = next((m for m in versions if m.version == version), None)
+            if meta is None:
+                newest = max((m.version for m in versions), default=None)
+                reason = "no_model" if newest is None else "no_version"
+                return PinnedMiss(reason, newest, time.monotonic() + PINNED_MISS_SECONDS)
+            return await self._load_version(family, meta, compile_later=False)
+        except Exception as exc:
+            FIGURES.model_loads["failed"] += 1
+            log.error("model.load_failed", strat=_cut(key.strat), family=_cut(key.family),
+                      model_type=key.model_type, version=version, error=_cut(repr(exc)))
+            return PinnedMiss("failed", None, time.monotonic() + self._retry_base)
+
+    async def _prune_pinned(self) -> None:
+        """Forget pinned versions deleted from the store since they were loaded."""
+        for account_id in {key.account_id for key, _ in self._pinned}:
+            stored = {(meta.key, meta.version) for meta in await self._store.list(account_id)}
+            for pinned, found in list(self._pinned.items()):
+                if (pinned[0].account_id == account_id and type(found) is not PinnedMiss
+                        and pinned not in stored):
+                    del self._pinned[pinned]
+
     async def _fetch(self, key: ModelKey) -> None:
         """Load the newest version of ``key`` and remember what came of it."""
         family = self._families.get(key.family)
@@ -159,7 +269,10 @@ class ModelCache:
         self._failures.pop(key, None)
         self._entries[key] = entry
 
-    async def _load_version(self, family: ModelFamily, meta: ModelMeta) -> LoadedModel:
+    async def _load_version(self, family: ModelFamily, meta: ModelMeta,
+                            compile_later: bool = True) -> LoadedModel:
+        """Read and load one version: on compiled trees when the compiler has them already,
+        else as it is, compiling it in the background (``compile_later``) to switch after."""
         data = await self._store.read(meta)
         loaded = await asyncio.to_thread(model_loader.load_model, family, meta, data,
                                          self._batch_above_us)
@@ -170,6 +283,8 @@ class ModelCache:
         native = await self._compiler.cached(ensemble, width)
         if native is None:
             entry = self._install(loaded)
+            if not compile_later:
+                return entry
             task = asyncio.create_task(self._compile(family, loaded, entry, width))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -196,7 +311,8 @@ class ModelCache:
             batched=batcher is not None,
             native=ensemble is not None and ensemble.native,
         )
-        return LoadedModel(meta, loaded.predictor, batcher, loaded.batch_rows, ensemble)
+        return LoadedModel(meta, loaded.predictor, batcher, loaded.batch_rows, ensemble,
+                           loaded.proba)
 
     def _remember_failure(self, key: ModelKey, version: int | None, exc: Exception) -> None:
         previous = self._failures.get(key)
@@ -306,6 +422,8 @@ class ModelCache:
                     if self._looked_up_together(key)]
             newest = await self._store.latest_versions(keys) if keys else {}
             self._generation = generation
+            if self._pinned:
+                await self._prune_pinned()
             for key in keys:
                 version = newest.get(key)
                 if key in self._loading or self._version(key) != version:

@@ -40,6 +40,7 @@ class Loaded:
     ensemble: TreeEnsemble | None
     costs: Costs
     batched: bool  # do its measured costs say concurrent requests should share batches?
+    proba: RowPredictor | None = None  # class probabilities of one row (PROTOCOL §7)
 
 
 def load_model(family: ModelFamily, meta: ModelMeta, data: bytes,
@@ -66,7 +67,8 @@ def build(family: ModelFamily, meta: ModelMeta, model: Any, batch_above_us: floa
     if native is not None and built.ensemble is not None:
         built.ensemble.use_native(native)
     costs, batched = _measure(meta, built.one, batch, batch_above_us)
-    return Loaded(meta, model, built.one, batch, built.ensemble, costs, batched)
+    proba = built.proba if model_type == "class" else None
+    return Loaded(meta, model, built.one, batch, built.ensemble, costs, batched, proba)
 
 
 def remeasured(loaded: Loaded, batch_above_us: float | None) -> Loaded:

@@ -1,4 +1,5 @@
-"""The websocket protocol's messages and request parsing (PROTOCOL.md §1), nothing else.
+"""The websocket protocol's messages and request parsing (PROTOCOL.md §1 and the opt-in
+extensions of §7), nothing else.
 
 Every string here is part of the contract with users' bots: tests compare them exactly.
 """
@@ -25,6 +26,8 @@ NEW_MODEL = "New model configuration added, prediction made"
 EXISTING_MODEL = "Existing model data used for prediction"
 NOT_FOUND = "Model configuration not found in the backend."
 LOAD_FAILED = "The model could not be loaded; try again later."
+PROBABILITIES_FOR_CLASS = "Field 'probabilities' is for class models; this is a reg model."
+NO_PROBABILITIES = "This model's family gives no class probabilities."
 
 # Close codes (PROTOCOL.md §1.3)
 POLICY_VIOLATION = 1008
@@ -47,6 +50,71 @@ def success(seq: int, new: bool, prediction: Any, request_id: Any = NO_ID) -> by
         "message": NEW_MODEL if new else EXISTING_MODEL,
         "prediction": prediction,
     }
+    if request_id is not NO_ID:
+        answer["request_id"] = request_id
+    return orjson.dumps(answer)
+
+
+class Extensions:
+    """What a request opted in to (PROTOCOL.md §7)."""
+
+    __slots__ = ("probabilities", "version", "details")
+
+    def __init__(self, probabilities: bool, version: int | None, details: bool):
+        self.probabilities, self.version, self.details = probabilities, version, details
+
+
+def extensions(request: dict[str, Any]) -> Extensions | None:
+    """The request's §7 options, checked; ``None`` when it asks for none (``false`` flags
+    included): its answer has the original shape."""
+    if ("probabilities" not in request and "model_version" not in request
+            and "details" not in request):
+        return None
+    probabilities = _flag(request, "probabilities")
+    details = _flag(request, "details")
+    version = _version(request)
+    if not probabilities and not details and version is None:
+        return None
+    return Extensions(probabilities, version, details)
+
+
+def _flag(request: dict[str, Any], field: str) -> bool:
+    value = request.get(field, False)
+    if value is True or value is False:
+        return value
+    raise RequestError(f"Field '{field}' must be true or false, got {describe(value)}.")
+
+
+def _version(request: dict[str, Any]) -> int | None:
+    value = request.get("model_version", NO_ID)
+    if value is NO_ID:
+        return None
+    if type(value) is int and value >= 1:
+        return value
+    shown = describe(value)
+    if type(value) in (int, float):
+        shown = orjson.dumps(value).decode()
+    raise RequestError(f"Field 'model_version' must be a whole number of 1 or more, got {shown}.")
+
+
+def no_such_version(version: int, newest: int) -> str:
+    return f"Version {version} of this model does not exist (the newest is {newest})."
+
+
+def success_extended(seq: int, new: bool, prediction: Any, request_id: Any,
+                     probabilities: dict[str, float] | None,
+                     details: tuple[dict[str, Any], bool | None] | None) -> bytes:
+    """A success answer with what the request opted in to, in the contract's order."""
+    answer = {
+        "type": "success",
+        "seq_num": seq,
+        "message": NEW_MODEL if new else EXISTING_MODEL,
+        "prediction": prediction,
+    }
+    if probabilities is not None:
+        answer["probabilities"] = probabilities
+    if details is not None:
+        answer["model"], answer["in_distribution"] = details
     if request_id is not NO_ID:
         answer["request_id"] = request_id
     return orjson.dumps(answer)

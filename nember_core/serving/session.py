@@ -16,8 +16,8 @@ from nember_core.metrics import FIGURES
 from nember_core.records import ModelKey
 
 from . import protocol
-from .model_cache import MISSING, ModelCache
-from .protocol import RequestError
+from .model_cache import MISSING, ModelCache, PinnedMiss
+from .protocol import Extensions, RequestError
 
 log = structlog.get_logger("nember.ws")
 
@@ -57,6 +57,15 @@ class Pending:
         self.seq, self.new, self.request_id = seq, new, request_id
 
 
+class VersionToLoad:
+    """A request for a version by number that must be loaded first."""
+
+    __slots__ = ("key", "version")
+
+    def __init__(self, key: ModelKey, version: int):
+        self.key, self.version = key, version
+
+
 class PredictionSession:
     __slots__ = ("conn", "api_key", "cache", "limiter", "seq", "seen", "rate_message")
 
@@ -87,10 +96,14 @@ class PredictionSession:
             )
         return self._answer(data, may_load=True)
 
-    async def complete(self, waiting: ModelKey | Pending, data: str | bytes) -> bytes:
+    async def complete(self, waiting: ModelKey | VersionToLoad | Pending,
+                       data: str | bytes) -> bytes:
         """The answer to a frame that ``answer`` could not finish at once."""
-        if type(waiting) is ModelKey:
-            await self.cache.load(waiting)
+        if type(waiting) is ModelKey or type(waiting) is VersionToLoad:
+            if type(waiting) is ModelKey:
+                await self.cache.load(waiting)
+            else:
+                await self.cache.load_version(waiting.key, waiting.version)
             waiting = self._answer(data, may_load=False)  # once: the lookup is now cached
             if type(waiting) is bytes:
                 return waiting
@@ -114,6 +127,11 @@ class PredictionSession:
             request_id = protocol.request_id(request)
             strat, family, model_type = protocol.model_selector(request, self.api_key)
             key = ModelKey(self.conn.account_id, strat, family, model_type)
+            # Four fields are the original request: only a longer one may opt in to more.
+            if len(request) > 4:
+                extra = protocol.extensions(request)
+                if extra is not None:
+                    return self._extended(key, request, extra, request_id, may_load)
             model = self.cache.get(key)
             if model is MISSING:
                 if may_load:
@@ -141,6 +159,54 @@ class PredictionSession:
         counts = FIGURES.predictions
         counts[model.kind] = counts.get(model.kind, 0) + 1
         return protocol.success(self.seq, self._is_new(key, model), prediction, request_id)
+
+    def _extended(self, key: ModelKey, request: dict, extra: Extensions, request_id: Any,
+                  may_load: bool) -> bytes | ModelKey | VersionToLoad:
+        """A request that opted in to PROTOCOL §7's fields: answered one by one, never in a
+        batch (inside ``_answer``'s error handling)."""
+        if extra.probabilities and key.model_type == "reg":
+            return self._error(protocol.PROBABILITIES_FOR_CLASS, request_id)
+        if extra.version is None:
+            model = self.cache.get(key)
+            if model is MISSING:
+                if may_load:
+                    return key
+                model = None
+            if model is None:
+                failure = self.cache.failure(key)
+                if failure is None:
+                    return self._error(protocol.NOT_FOUND, request_id)
+                if may_load and failure.due():
+                    return key
+                return self._error(protocol.LOAD_FAILED, request_id)
+        else:
+            model = self.cache.get_version(key, extra.version)
+            if model is MISSING:
+                if may_load:
+                    return VersionToLoad(key, extra.version)
+                return self._error(protocol.LOAD_FAILED, request_id)
+            if type(model) is PinnedMiss:
+                return self._error(self._pinned_miss(model, extra.version), request_id)
+        if extra.probabilities and model.proba is None:
+            return self._error(protocol.NO_PROBABILITIES, request_id)
+        row = model.extractor.row(request["DataPoints"])
+        probabilities = None
+        if extra.probabilities:
+            prediction, probabilities = model.probabilities(row)
+        else:
+            prediction = model.label(model.predictor(row))
+        details = model.details(row) if extra.details else None
+        self.conn.predictions += 1
+        counts = FIGURES.predictions
+        counts[model.kind] = counts.get(model.kind, 0) + 1
+        return protocol.success_extended(self.seq, self._is_new(key, model), prediction,
+                                         request_id, probabilities, details)
+
+    @staticmethod
+    def _pinned_miss(miss: PinnedMiss, version: int) -> str:
+        if miss.reason == "no_version":
+            return protocol.no_such_version(version, miss.newest)
+        return protocol.NOT_FOUND if miss.reason == "no_model" else protocol.LOAD_FAILED
 
     def _is_new(self, key: ModelKey, model) -> bool:
         """The first use of this model version on this connection?"""

@@ -74,6 +74,8 @@ def train(
         samples=len(y),
         trained_at=utcnow(),
         training_seconds=round(elapsed, 4),
+        feature_ranges=tuple(zip(data.X.min(axis=0).tolist(), data.X.max(axis=0).tolist(),
+                                 strict=True)),
         artifact_sha256=artifact_digest(artifact),
     )
     report(1.0, "trained")

@@ -14,8 +14,11 @@ from nember_core.plugin_api import (
     Predictor,
     Tree,
     TreeEnsemble,
+    class_probabilities,
     decode_output,
     hookimpl,
+    sigmoid,
+    softmax,
 )
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1, "verbosity": -1}
@@ -74,7 +77,10 @@ class LightGBMFamily:
         if fast is not None:
             return fast
         predict = model.predict  # what the fast path doesn't cover
-        return Predictor(lambda row: decode_output(predict(row, num_threads=1), model_type)[0])
+        if model_type == "reg":
+            return Predictor(lambda row: decode_output(predict(row, num_threads=1), "reg")[0])
+        return Predictor(lambda row: decode_output(predict(row, num_threads=1), model_type)[0],
+                         proba=lambda row: class_probabilities(predict(row, num_threads=1)))
 
     def predict(self, model, model_type: str, X: np.ndarray):
         # One thread: on a busy server, OpenMP threads spinning on other cores cost more.
@@ -109,15 +115,31 @@ def fast_predictor(booster, model_type: str):
         return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
                          lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
-        sigmoid = float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
+        sigmoid_scale = _sigmoid_scale(settings)
 
         def positive(raw):  # as LightGBM: the probability, then over one half
-            return (1.0 / (1.0 + np.exp(-sigmoid * raw)) > 0.5).astype(np.intp)
+            return (1.0 / (1.0 + np.exp(-sigmoid_scale * raw)) > 0.5).astype(np.intp)
 
-        return Predictor(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
-                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
+        return Predictor(
+            lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+            lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble,
+            lambda row: class_probabilities(
+                sigmoid(sigmoid_scale * float(ensemble(row[0])[0] + base[0]))))
+    if objective == "multiclassova":  # a sigmoid per class, scaled to sum to 1
+        scale = _sigmoid_scale(settings)
+        return Predictor(
+            lambda row: int((ensemble(row[0]) + base).argmax()),
+            lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
+            lambda row: class_probabilities(
+                [sigmoid(scale * float(m)) for m in ensemble(row[0]) + base]))
     return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
-                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
+                     lambda row: softmax(ensemble(row[0]) + base))
+
+
+def _sigmoid_scale(settings: list[str]) -> float:
+    """The ``sigmoid:`` setting of a binary or one-vs-rest objective (1 by default)."""
+    return float(dict(s.split(":") for s in settings if ":" in s).get("sigmoid", 1.0))
 
 
 def _flatten(root: dict, outputs: int, output: int) -> Tree | None:

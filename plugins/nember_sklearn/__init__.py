@@ -18,7 +18,10 @@ from nember_core.plugin_api import (
     Predictor,
     Tree,
     TreeEnsemble,
+    class_probabilities,
     hookimpl,
+    sigmoid,
+    softmax,
 )
 
 # What users may set (plugin_api.Param): bounded so that one tenant's job can't hold the
@@ -187,7 +190,9 @@ def fast_predictor(model) -> Predictor:
         trees = [estimator.tree_ for estimator in model.estimators_]
     elif isinstance(model, LogisticRegression) and model.coef_.shape[0] == 1:
         coef, intercept, classes = model.coef_[0], float(model.intercept_[0]), model.classes_
-        return Predictor(lambda row: classes[int(float(row[0] @ coef) + intercept > 0)])
+        return Predictor(
+            lambda row: classes[int(float(row[0] @ coef) + intercept > 0)],
+            proba=lambda row: class_probabilities(sigmoid(float(row[0] @ coef) + intercept)))
     elif isinstance(model, LinearRegression) and np.ndim(model.coef_) == 1:
         coef, intercept = model.coef_, float(model.intercept_)
         return Predictor(lambda row: float(row[0] @ coef) + intercept)
@@ -195,22 +200,25 @@ def fast_predictor(model) -> Predictor:
         fast = _hist_gradient_boosting(model)
         if fast is not None:
             return fast
-        predict = model.predict
-        return Predictor(lambda row: predict(row)[0])
+        return _library_path(model)
     else:  # multinomial logistic regression: the library's path
-        predict = model.predict
-        return Predictor(lambda row: predict(row)[0])
+        return _library_path(model)
 
     ensemble = TreeEnsemble(
         [Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, :])
          for t in trees],
         less_equal=True, dtype=float32, single_row=_lone_tree(trees),
     )
+    # A classifier's leaves hold each class's fraction of the leaf's samples; a forest
+    # averages its trees' (so their sum, scaled, is ``predict_proba``).
+    def leaf_fractions(row):
+        return class_probabilities(ensemble(row[0]))
+
     if len(trees) == 1:
         if is_classifier(model):
             classes = model.classes_
             return Predictor(lambda row: classes[ensemble(row[0]).argmax()], model.predict,
-                             ensemble)
+                             ensemble, leaf_fractions)
         return Predictor(lambda row: ensemble(row[0])[0], model.predict, ensemble)
     # A forest. One row: every tree at once (a TreeEnsemble), ~2x faster than a
     # loop over the trees' own predict. Many rows: each tree's own C loop over the rows wins,
@@ -224,7 +232,8 @@ def fast_predictor(model) -> Predictor:
                 total += tree.predict(x)[:, :n_classes]
             return classes[total.argmax(axis=1)]
 
-        return Predictor(lambda row: classes[ensemble(row[0]).argmax()], class_rows, ensemble)
+        return Predictor(lambda row: classes[ensemble(row[0]).argmax()], class_rows, ensemble,
+                         leaf_fractions)
     count = len(trees)
 
     def value_rows(rows):
@@ -277,10 +286,20 @@ def _hist_gradient_boosting(model):
             lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)],
             lambda rows: classes[(ensemble.batch(rows)[:, 0] + base[0] > 0).astype(np.intp)],
             ensemble,
+            lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))),
         )
     return Predictor(lambda row: classes[int((ensemble(row[0]) + base).argmax())],
                      lambda rows: classes[(ensemble.batch(rows) + base).argmax(axis=1)],
-                     ensemble)
+                     ensemble, lambda row: softmax(ensemble(row[0]) + base))
+
+
+def _library_path(model) -> Predictor:
+    """The estimator's own ``predict`` (and ``predict_proba``): what the fast paths don't
+    cover."""
+    predict = model.predict
+    proba = getattr(model, "predict_proba", None)
+    return Predictor(lambda row: predict(row)[0],
+                     proba=None if proba is None else lambda row: proba(row)[0])
 
 
 @hookimpl

@@ -16,8 +16,11 @@ from nember_core.plugin_api import (
     Predictor,
     Tree,
     TreeEnsemble,
+    class_probabilities,
     decode_output,
     hookimpl,
+    sigmoid,
+    softmax,
 )
 
 DEFAULTS = {"n_estimators": 100, "random_state": 0, "n_jobs": 1}
@@ -83,7 +86,9 @@ class XGBoostFamily:
         inplace = model.inplace_predict  # objectives the fast path doesn't know
         if model_type == "reg":
             return Predictor(lambda row: inplace(row)[0])
-        return Predictor(lambda row: decode_output(inplace(row), model_type)[0])
+        return Predictor(lambda row: decode_output(inplace(row), model_type)[0],
+                         proba=lambda row: _margin_probabilities(
+                             inplace(row, predict_type="margin")))
 
     def predict(self, model, model_type: str, X: np.ndarray):
         return decode_output(model.inplace_predict(X), model_type)
@@ -131,10 +136,21 @@ def fast_predictor(booster, model_type: str):
             margins = margins.astype(np.float32)
             return (one / (one + np.exp(-margins)) > half).astype(np.intp)
 
-        return Predictor(lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
-                         lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble)
+        return Predictor(
+            lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+            lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble,
+            lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))))
     return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
-                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble)
+                     lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
+                     lambda row: softmax(ensemble(row[0]) + base))
+
+
+def _margin_probabilities(margins) -> np.ndarray:
+    """One row's margins (one for a binary model, one per class otherwise) as probabilities."""
+    margins = np.asarray(margins, dtype=np.float64).reshape(-1)
+    if margins.size == 1:
+        return class_probabilities(sigmoid(float(margins[0])))
+    return softmax(margins)
 
 
 def _version() -> str:

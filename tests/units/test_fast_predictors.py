@@ -79,3 +79,35 @@ def test_a_tree_with_a_cycle_is_refused():
                 threshold=np.array([0.0, 0.0]), value=np.zeros((2, 1)))
     with pytest.raises(ValueError):
         TreeEnsemble([loop], less_equal=True)
+
+
+def library_probabilities(family_name: str, model, rows: np.ndarray) -> np.ndarray:
+    """Each row's class probabilities as the library itself gives them."""
+    if family_name == "XGBoost":
+        raw = np.asarray(model.inplace_predict(rows))
+    elif family_name == "LightGBM":
+        raw = np.asarray(model.predict(rows, num_threads=1))
+    else:
+        return model.predict_proba(rows)
+    return np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
+
+
+@pytest.mark.parametrize("family_name,target,params",
+                         [case for case in cases() if TARGETS[case.values[1]][0] == "class"])
+def test_probabilities_equal_the_librarys_and_agree_with_the_prediction(family_name, target,
+                                                                        params):
+    family = FAMILIES[family_name]
+    model_type, y = TARGETS[target]
+    model = family.loads(family.dumps(family.fit(X, y, model_type, params)), model_type)
+    predict = family.predictor(model, model_type)
+    assert predict.proba is not None, f"{family_name} gives no probabilities"
+    rows = ROWS[:500]
+    got = np.array([predict.proba(rows[i : i + 1]) for i in range(len(rows))])
+    np.testing.assert_allclose(got, library_probabilities(family_name, model, rows),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+    labels = np.array([predict.one(rows[i : i + 1]) for i in range(len(rows))])
+    # The most probable class is the prediction (ties within float noise aside).
+    margin = np.sort(got, axis=1)
+    clear = margin[:, -1] - margin[:, -2] > 1e-6
+    assert (got.argmax(axis=1)[clear] == labels[clear]).all()
