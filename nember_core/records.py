@@ -92,6 +92,9 @@ class ModelMeta:
     # trained before it was kept.
     feature_ranges: tuple[tuple[float, float], ...] | None = attrs.field(
         default=None, converter=lambda r: None if r is None else tuple(map(tuple, r)))
+    # How it would have done on data it never saw (training/evaluation.py): folds, scores,
+    # calibration, backtest, warnings. None for models trained before it was kept.
+    evaluation: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -118,6 +121,7 @@ class ModelMeta:
             "artifact_sha256": self.artifact_sha256,
             "feature_ranges": (None if self.feature_ranges is None
                                else [list(r) for r in self.feature_ranges]),
+            "evaluation": self.evaluation,
         }
 
     @classmethod
@@ -138,6 +142,7 @@ class ModelMeta:
             training_seconds=float(data["training_seconds"]),
             artifact_sha256=data.get("artifact_sha256"),
             feature_ranges=data.get("feature_ranges"),
+            evaluation=data.get("evaluation"),
         )
 
 

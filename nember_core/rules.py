@@ -44,6 +44,26 @@ def window(value: Any) -> int:
     return value
 
 
+MAX_FOLDS = 20  # walk-forward folds: each is one more fit
+MAX_HORIZON = 10_000  # rows a label may look ahead
+
+
+def whole(value: Any, what: str, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high``, or one clear error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidData(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def evaluation(folds: Any, horizon: Any, bars_per_year: Any) -> None:
+    whole(folds, "the number of folds", 1, MAX_FOLDS)
+    whole(horizon, "the horizon", 0, MAX_HORIZON)
+    if (isinstance(bars_per_year, bool) or not isinstance(bars_per_year, (int, float))
+            or not 0 < bars_per_year <= 1e7):
+        raise InvalidData("bars per year must be a number above 0 (252 for daily bars, "
+                          f"8760 for hourly), not {bars_per_year!r}")
+
+
 def email(value: str) -> str:
     value = value.strip()
     if not EMAIL.match(value):

@@ -18,6 +18,7 @@ from nember_core.records import ModelKey, ModelMeta
 from nember_core.rules import SCOPES
 from nember_core.services import Services, TrainingRequest
 
+from . import evaluation_report
 from .logs import configure
 from .nember import Nember
 from .progress import ProgressBar
@@ -190,14 +191,19 @@ def _parser() -> argparse.ArgumentParser:
         "Train a model from a CSV file in time order, in this process, and store it as the "
         "newest version of (account, strategy, family, type); servers pick it up within "
         "seconds. Sample t is the features of rows t-W+1..t, labelled with the target of row "
-        "t; the newest fifth of the samples is held out to measure the model, then it is "
-        "fitted on all of them. Progress goes to stderr: a bar in a terminal, else (after "
-        "5 s) a line per stage. A tree model is then compiled to native code (when "
+        "t. The model is first evaluated walk-forward: K folds in time order, each tested on "
+        "samples after the ones it was fitted on (a purge gap of horizon + window - 1 "
+        "samples between them), then fitted on all samples. It prints the folds' scores (and "
+        "with --returns a backtest against buy-and-hold), and warns of features that look "
+        "computed from later rows (default features never include them). Progress goes to "
+        "stderr: a bar in a terminal, else (after 5 s) a line per stage. A tree model is "
+        "then compiled to native code (when "
         "server.compile_trees is on, and gcc and TL2cgen are installed), so that servers "
         "load it native.",
         "nember train --account trader@example.com --strat my_strategy \\\n"
         "      --model XGBoost --type class --data prices.csv --target direction \\\n"
-        "      --window 2 --features point1,point2 --param max_depth=4")
+        "      --window 2 --features point1,point2 --param max_depth=4 \\\n"
+        "      --horizon 1 --returns next_return")
     train.add_argument("--account", required=True, metavar="EMAIL",
                        help="the email of the account that owns the model")
     train.add_argument("--strat", required=True, metavar="NAME",
@@ -219,6 +225,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--features", metavar="a,b,...",
                        help="the feature columns, in order (default: every numeric column but "
                             "the target)")
+    train.add_argument("--folds", type=int, default=5, metavar="K",
+                       help="walk-forward folds to evaluate on, 1 to 20: each is one more fit "
+                            "(default: %(default)s)")
+    train.add_argument("--horizon", type=int, default=1, metavar="H",
+                       help="rows the target looks ahead (1: the next bar); training stops "
+                            "H + W - 1 samples before each tested fold (default: %(default)s)")
+    train.add_argument("--returns", metavar="COLUMN",
+                       help="each row's next-bar return, as a fraction (0.01 is 1%%): "
+                            "backtest following the signal against buy-and-hold")
+    train.add_argument("--bars-per-year", type=float, default=252.0, metavar="N",
+                       help="for the backtest's Sharpe ratio: 252 for daily bars, 8760 hourly, "
+                            "525600 by the minute (default: %(default)g)")
     train.add_argument("--skip-warmup", action="store_true",
                        help="drop the leading rows whose features or target are still empty "
                             "(warm-up rows of rolling indicators)")
@@ -235,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     model_list = _command(
         models_sub, "list", common, "list an account's models, every version",
         "List an account's models, tab-separated: strategy, family, type, version (* marks "
-        "the newest, the one that serves), trained (UTC), and the hold-out metrics.",
+        "the newest, the one that serves), trained (UTC), and the walk-forward scores.",
         "nember models list --account trader@example.com")
     model_list.add_argument("--account", required=True, metavar="EMAIL",
                             help="the email of the account whose models to list")
@@ -498,6 +516,8 @@ async def _train(services: Services, args) -> int:
         strat=args.strat, family=args.model, model_type=args.model_type, data=args.data,
         target=args.target, window=args.window, features=features,
         params=parse_params(args.param), skip_warmup=args.skip_warmup,
+        folds=args.folds, horizon=args.horizon, returns=args.returns,
+        bars_per_year=args.bars_per_year,
     )
     owner = await services.accounts.by_email(args.account)
     # A bar on a terminal; elsewhere (a log, CI) a plain line per stage. Both on stderr.
@@ -506,7 +526,12 @@ async def _train(services: Services, args) -> int:
         meta = await services.models.train(owner.id, request, bar)
     finally:
         bar.close()
-    print(f"Trained {_describe(meta)}", flush=True)
+    print(f"Trained {_describe(meta)}")
+    for line in evaluation_report.lines(meta.evaluation, meta.key.model_type):
+        print(line)
+    sys.stdout.flush()  # before the warnings, on a terminal showing both
+    for warning in (meta.evaluation or {}).get("warnings", []):
+        print(f"nember: warning: {warning}", file=sys.stderr)
     try:
         await _compile_trees(services, meta)
     except Exception as exc:  # the model is stored and serves: compiling only makes it faster
@@ -563,7 +588,7 @@ def _describe(meta: ModelMeta) -> str:
     return (
         f"{meta.key.family} {meta.key.model_type} for strategy {meta.key.strat!r}: version "
         f"{meta.version}, {meta.samples} samples{skipped}, window {meta.window}, features "
-        f"{','.join(meta.features)}; hold-out: {_metrics(meta)}"
+        f"{','.join(meta.features)}"
     )
 
 

@@ -14,6 +14,7 @@ from nember_core.plugin_api import ModelFamily
 from nember_core.records import ModelKey, ModelMeta, TrainingJob
 from nember_core.stores import Stores
 from nember_core.training.dataset import check_header, read_csv, shown_as
+from nember_core.training.evaluation import Settings
 from nember_core.training.trainer import Progress, train
 
 if TYPE_CHECKING:
@@ -33,6 +34,15 @@ class TrainingRequest:
     features: list[str] | None = None  # default: every numeric column but the target
     params: dict[str, Any] = attrs.Factory(dict)
     skip_warmup: bool = False  # drop leading rows with an empty feature or target
+    # The walk-forward evaluation (training/evaluation.py): folds, the label's horizon in
+    # rows (the purge gap), and for a backtest each row's next-bar return column.
+    folds: int = 5
+    horizon: int = 1
+    returns: str | None = None
+    bars_per_year: float = 252.0
+
+    def evaluation(self) -> Settings:
+        return Settings(self.folds, self.horizon, float(self.bars_per_year))
     data_label: str | None = None  # how errors name the CSV (default: its path)
 
 
@@ -68,6 +78,7 @@ class Models:
         if not isinstance(request.params, dict):
             raise InvalidData("the hyperparameters must be a mapping of names to values")
         rules.hyperparameters(family.name, request.params, family.parameters)
+        rules.evaluation(request.folds, request.horizon, request.bars_per_year)
         return ModelKey(account_id, strat, family.name, model_type)
 
     async def train(self, account_id: str, request: TrainingRequest,
@@ -76,9 +87,11 @@ class Models:
         key = self._key(account_id, request)
         with shown_as(request.data, request.data_label):
             dataset = await asyncio.to_thread(read_csv, request.data, request.target,
-                                              request.features, request.skip_warmup)
+                                              request.features, request.skip_warmup,
+                                              request.returns)
         trained = await asyncio.to_thread(train, self.families[key.family], dataset, key,
-                                          request.window, request.params, progress)
+                                          request.window, request.params, progress,
+                                          request.evaluation())
         meta = await self._store.save(trained.meta, trained.artifact)
         await self._stores.announce_model(meta.key, meta.version)
         return meta
@@ -97,14 +110,16 @@ class Models:
             key = self._key(account_id, request)
             with shown_as(request.data, request.data_label):
                 await asyncio.to_thread(check_header, request.data, request.target,
-                                        request.features)
+                                        request.features, request.returns)
             data = await asyncio.to_thread(request.data.read_bytes)
         finally:
             if cleanup is not None:
                 cleanup.unlink(missing_ok=True)
         spec = {"target": request.target, "window": request.window,
                 "features": request.features, "params": request.params,
-                "skip_warmup": request.skip_warmup, "data_label": request.data_label}
+                "skip_warmup": request.skip_warmup, "data_label": request.data_label,
+                "returns": request.returns,
+                "evaluation": attrs.asdict(request.evaluation())}
         return await self._jobs.submit(spec, key, data)
 
     async def job(self, account_id: str, job_id: str) -> TrainingJob:

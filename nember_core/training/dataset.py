@@ -36,6 +36,8 @@ class Dataset:
     X: np.ndarray  # rows x features, float64, in time order
     y: list[Any]  # the target of each row, as written (numbers parsed, strings kept)
     skipped: int = 0  # leading warm-up rows dropped
+    defaulted: bool = False  # the features were not named: every numeric column was taken
+    returns: np.ndarray | None = None  # each row's next-bar return, for the backtest
 
 
 def _number(text: str) -> float | None:
@@ -91,10 +93,20 @@ def _header(path: Path, rows: list[list[str]]) -> list[str]:
     return header
 
 
-def _check_names(path: Path, header: list[str], target: str, features: list[str] | None):
-    """What the header alone tells of the target and the features."""
+def _check_names(path: Path, header: list[str], target: str, features: list[str] | None,
+                 returns: str | None = None):
+    """What the header alone tells of the target, the features and the returns column."""
     if target not in header:
         raise InvalidData(f"{path}: no column named {target!r} (columns: {', '.join(header)})")
+    if returns is not None:
+        if returns not in header:
+            raise InvalidData(
+                f"{path}: no column named {returns!r} (columns: {', '.join(header)})")
+        if returns == target:
+            raise InvalidData(f"{path}: the returns column {returns!r} cannot be the target")
+        if returns in (features or ()):
+            raise InvalidData(f"{path}: the returns column {returns!r} cannot be a feature: "
+                              "it holds the next bar's return, unknown when a bot asks")
     for name in features or ():
         if name not in header:
             raise InvalidData(f"{path}: no column named {name!r} (columns: {', '.join(header)})")
@@ -106,12 +118,14 @@ def _check_names(path: Path, header: list[str], target: str, features: list[str]
         raise InvalidData(f"{path}: at most {MAX_FEATURES} features are supported")
 
 
-def check_header(path: Path, target: str, features: list[str] | None) -> list[str]:
-    """The header, checked against the target and features, from the first two rows only:
-    a server checks an upload this way and leaves the reading to a training worker."""
+def check_header(path: Path, target: str, features: list[str] | None,
+                 returns: str | None = None) -> list[str]:
+    """The header, checked against the target, features and returns column, from the first
+    two rows only: a server checks an upload this way and leaves the reading to a training
+    worker."""
     rows = _rows(path, limit=2)
     header = _header(path, rows)
-    _check_names(path, header, target, features)
+    _check_names(path, header, target, features, returns)
     return header
 
 
@@ -136,7 +150,7 @@ def _numeric_after_warmup(cells: list[str]) -> bool:
 
 
 def read_csv(path: Path, target: str, features: list[str] | None,
-             skip_warmup: bool = False) -> Dataset:
+             skip_warmup: bool = False, returns: str | None = None) -> Dataset:
     rows = _rows(path)
     header = _header(path, rows)
     body = rows[1:]
@@ -145,15 +159,17 @@ def read_csv(path: Path, target: str, features: list[str] | None,
             raise InvalidData(
                 f"{path}: line {line} has {len(row)} values, the header has {len(header)}"
             )
-    _check_names(path, header, target, features)
+    _check_names(path, header, target, features, returns)
+    defaulted = features is None
+    aside = {target} if returns is None else {target, returns}  # never default features
 
     columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
     skipped = 0
     if skip_warmup:
         watched = features if features is not None else [
             name for name in header
-            if name != target and _numeric_after_warmup(columns[name])]
-        skipped = max(_leading_empty(columns[name]) for name in [*watched, target])
+            if name not in aside and _numeric_after_warmup(columns[name])]
+        skipped = max(_leading_empty(columns[name]) for name in [*watched, *aside])
         if skipped == len(body):
             raise InvalidData(f"{path}: every row has an empty cell in a feature or the target")
         columns = {name: cells[skipped:] for name, cells in columns.items()}
@@ -163,7 +179,7 @@ def read_csv(path: Path, target: str, features: list[str] | None,
     if features is None:
         # A column that is numbers but for its first rows is an indicator warming up: never
         # left out of the default features without a word.
-        warming = [name for name in header if name != target and name not in numeric
+        warming = [name for name in header if name not in aside and name not in numeric
                    and _numeric_after_warmup(columns[name])]
         if warming:
             first = warming[0]
@@ -171,7 +187,7 @@ def read_csv(path: Path, target: str, features: list[str] | None,
                 f"{path}: column {first!r} is empty on its first "
                 f"{_leading_empty(columns[first])} rows (warm-up rows of an indicator?): "
                 f"{SKIP_WARMUP}, or name the features to use")
-        features = [name for name in header if name != target and name in numeric]
+        features = [name for name in header if name not in aside and name in numeric]
         if not features:
             raise InvalidData(f"{path}: no numeric feature column besides the target {target!r}")
         if len(features) > MAX_FEATURES:
@@ -191,7 +207,16 @@ def read_csv(path: Path, target: str, features: list[str] | None,
 
     X = np.array([[float(c) for c in columns[name]] for name in features], dtype=np.float64).T
     y = [_label(c) for c in columns[target]]
-    return Dataset(features=tuple(features), target=target, X=X, y=y, skipped=skipped)
+    next_returns = None
+    if returns is not None:
+        if returns not in numeric:
+            cells = columns[returns]
+            index = next(i for i, c in enumerate(cells) if _number(c) is None)
+            raise InvalidData(f"{path}: the returns column {returns!r} is not numeric (line "
+                              f"{index + 2 + skipped}: {cells[index]!r})")
+        next_returns = np.array([float(c) for c in columns[returns]], dtype=np.float64)
+    return Dataset(features=tuple(features), target=target, X=X, y=y, skipped=skipped,
+                   defaulted=defaulted, returns=next_returns)
 
 
 def _label(text: str) -> Any:

@@ -52,6 +52,8 @@ from nember_core.plugin_api import JOB_HEARTBEAT_SECONDS, ClaimedJob, JobBoard
 from nember_core.records import ModelKey, ModelMeta, TrainingJob, utcnow
 from nember_core.worker_pool import die_with_parent
 
+from .evaluation import Settings
+
 log = structlog.get_logger("nember.jobs")
 
 KEEP_FINISHED = 1000  # finished jobs remembered per server, oldest forgotten first
@@ -78,6 +80,8 @@ class TrainingSpec:
     params: dict[str, Any]
     skip_warmup: bool = False
     data_label: str | None = None  # how errors name the CSV
+    returns: str | None = None  # the column of each row's next-bar return (the backtest's)
+    evaluation: Settings = Settings()
 
 
 class JobStopped(Exception):
@@ -194,8 +198,10 @@ def _train(spec: TrainingSpec, to_server):
 
     family = installed_families()[spec.key.family]
     with shown_as(spec.data, spec.data_label):
-        dataset = read_csv(spec.data, spec.target, spec.features, spec.skip_warmup)
-    return train(family, dataset, spec.key, spec.window, spec.params, progress)
+        dataset = read_csv(spec.data, spec.target, spec.features, spec.skip_warmup,
+                           spec.returns)
+    return train(family, dataset, spec.key, spec.window, spec.params, progress,
+                 spec.evaluation)
 
 
 def _receive(connection, on_progress: Callable[[float, str], None]):
@@ -463,7 +469,9 @@ class TrainingJobs:
                 job_id=job.id, key=job.key, data=path, target=spec["target"],
                 window=int(spec["window"]), features=spec.get("features"),
                 params=dict(spec.get("params") or {}),
-                skip_warmup=bool(spec.get("skip_warmup")), data_label=spec.get("data_label"))
+                skip_warmup=bool(spec.get("skip_warmup")), data_label=spec.get("data_label"),
+                returns=spec.get("returns"),
+                evaluation=Settings(**spec.get("evaluation", {})))
             return await self._in_process(job, training)
         finally:
             if path is not None:

@@ -1,4 +1,5 @@
-"""Training one model version from a dataset: windowing, a time-ordered hold-out, the fit.
+"""Training one model version from a dataset: leakage checks, windowing, a walk-forward
+evaluation (``evaluation``), the fit on all samples.
 
 Runs synchronously (in the CLI, or a worker process for the dashboard); knows nothing of the
 server or of where the model is stored.
@@ -6,7 +7,6 @@ server or of where the model is stored.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +19,9 @@ from nember_core.errors import InvalidData
 from nember_core.plugin_api import ModelFamily
 from nember_core.records import ModelKey, ModelMeta, artifact_digest, utcnow
 
+from . import leakage
 from .dataset import Dataset, windowed
-
-HOLDOUT_FRACTION = 0.2  # the newest fifth of the samples
-MIN_SAMPLES_FOR_HOLDOUT = 10
+from .evaluation import Settings, walk_forward
 
 Progress = Callable[[float, str], None]
 
@@ -40,19 +39,33 @@ def train(
     window: int = 1,
     params: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    settings: Settings | None = None,
 ) -> TrainedModel:
     report = progress or (lambda fraction, stage: None)
     params = dict(params or {})
-    rules.model_type(key.model_type)
+    settings = settings or Settings()
+    model_type = key.model_type
+    rules.model_type(model_type)
     rules.window(window)
 
+    report(0.02, "checking the features")
+    classes, y_rows = _encode_target(data.y, model_type, data.target)
+    data, warnings = _without_leaks(data, y_rows, model_type)
     report(0.05, "windowing")
     X = windowed(data.X, window)
-    labels = data.y[window - 1 :]
-    classes, y = _encode_target(labels, key.model_type, data.target)
+    y = y_rows[window - 1 :]
+    returns = None if data.returns is None else data.returns[window - 1 :]
 
     started = time.perf_counter()
-    metrics = _holdout_metrics(family, X, y, key.model_type, params, classes, report)
+    evaluation = walk_forward(family, lambda X_, y_: _fit(family, X_, y_, model_type, params),
+                              X, y, model_type, classes, window, settings, returns, report)
+    metrics = dict(evaluation.get("metrics") or {})
+    if not metrics:
+        metrics["note"] = "; ".join(evaluation["notes"]) or "not evaluated"
+    too_good = leakage.too_good(model_type, metrics)
+    if too_good:
+        warnings.append(too_good)
+    evaluation["warnings"] = warnings
     if data.skipped:
         metrics["warmup_rows_skipped"] = data.skipped
     report(0.6, "fitting on all samples")
@@ -76,6 +89,7 @@ def train(
         training_seconds=round(elapsed, 4),
         feature_ranges=tuple(zip(data.X.min(axis=0).tolist(), data.X.max(axis=0).tolist(),
                                  strict=True)),
+        evaluation=evaluation,
         artifact_sha256=artifact_digest(artifact),
     )
     report(1.0, "trained")
@@ -111,27 +125,18 @@ def _fit(family: ModelFamily, X, y, model_type: str, params: dict[str, Any]):
         raise InvalidData(f"{family.name} could not be trained: {message}") from None
 
 
-def _holdout_metrics(family, X, y, model_type, params, classes, report) -> dict[str, Any]:
-    n = len(y)
-    if n < MIN_SAMPLES_FOR_HOLDOUT:
-        return {"holdout": None, "note": f"only {n} samples: no hold-out evaluation"}
-    split = n - max(1, int(n * HOLDOUT_FRACTION))
-    train_y, test_y = y[:split], y[split:]
-    if model_type == "class" and len(np.unique(train_y)) < len(classes):
-        return {"holdout": None, "note": "a class is missing before the hold-out; not evaluated"}
-    report(0.15, "fitting on the training part")
-    model = _fit(family, X[:split], train_y, model_type, params)
-    report(0.45, "evaluating on the hold-out")
-    predicted = np.asarray(family.predict(model, model_type, X[split:]))
-    metrics: dict[str, Any] = {"holdout": len(test_y), "train": split}
-    if model_type == "class":
-        metrics["accuracy"] = round(float(np.mean(predicted == test_y)), 6)
-    else:
-        errors = predicted.astype(np.float64) - test_y
-        metrics["mae"] = round(float(np.mean(np.abs(errors))), 6)
-        metrics["rmse"] = round(float(math.sqrt(np.mean(errors**2))), 6)
-        variance = float(np.var(test_y))
-        metrics["r2"] = (
-            round(1.0 - float(np.mean(errors**2)) / variance, 6) if variance > 0 else None
-        )
-    return metrics
+def _without_leaks(data: Dataset, y_rows: np.ndarray,
+                   model_type: str) -> tuple[Dataset, list[str]]:
+    """Default features that look computed from later rows are left out; named ones stay.
+    Either way, each is a warning."""
+    suspects = leakage.inspect(data.features, data.X, y_rows, model_type)
+    if not data.defaulted or not suspects:
+        return data, list(suspects.values())
+    keep = [i for i, name in enumerate(data.features) if name not in suspects]
+    if not keep:
+        raise InvalidData(
+            "every numeric column looks computed from later rows ("
+            + "; ".join(suspects.values()) + "): name the features to use")
+    warnings = [f"left out of the default features: {why}" for why in suspects.values()]
+    return attrs.evolve(data, features=tuple(data.features[i] for i in keep),
+                        X=np.ascontiguousarray(data.X[:, keep])), warnings

@@ -36,7 +36,8 @@ def sweep_uploads(data_dir: Path) -> int:
     return swept
 
 
-FIELDS = ("strat", "model", "type", "target", "window", "features", "params", "skip_warmup")
+FIELDS = ("strat", "model", "type", "target", "window", "features", "params", "skip_warmup",
+          "folds", "horizon", "returns", "bars_per_year")
 CHUNK = 256 * 1024
 
 
@@ -65,6 +66,8 @@ def describe(meta: ModelMeta, latest: bool) -> dict:
         "family_version": meta.family_version,
         "trained_at": iso(meta.trained_at),
         "training_seconds": meta.training_seconds,
+        "evaluation": meta.evaluation,
+        "warnings": list((meta.evaluation or {}).get("warnings", [])),
         "request_example": example,
     }
 
@@ -159,10 +162,21 @@ def _training_request(fields: dict[str, str], path) -> TrainingRequest:
     skip_warmup = (fields.get("skip_warmup") or "false").lower()
     if skip_warmup not in ("true", "false"):
         raise ApiError(422, "'skip_warmup' must be true or false.")
+    try:
+        folds = int(fields.get("folds") or 5)
+        horizon = int(fields.get("horizon") or 1)
+    except ValueError:
+        raise ApiError(422, "'folds' and 'horizon' must be whole numbers.") from None
+    try:
+        bars_per_year = float(fields.get("bars_per_year") or 252)
+    except ValueError:
+        raise ApiError(422, "'bars_per_year' must be a number.") from None
     return TrainingRequest(strat=fields["strat"], family=fields["model"],
                            model_type=fields["type"], data=path, target=fields["target"],
                            window=window, features=features, params=params,
-                           skip_warmup=skip_warmup == "true", data_label="the CSV")
+                           skip_warmup=skip_warmup == "true", folds=folds, horizon=horizon,
+                           returns=fields.get("returns") or None, bars_per_year=bars_per_year,
+                           data_label="the CSV")
 
 
 def job_json(job: TrainingJob) -> dict:

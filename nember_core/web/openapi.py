@@ -72,6 +72,11 @@ SCHEMAS = {
         "metrics": {"type": "object"}, "samples": {"type": "integer"},
         "family_version": {"type": "string"}, "trained_at": TIME,
         "training_seconds": {"type": "number"},
+        "evaluation": {"type": ["object", "null"], "description":
+                       "The walk-forward evaluation: folds, metrics, coverage, calibration, "
+                       "backtest, notes, warnings (null for models trained before it)"},
+        "warnings": {"type": "array", "items": {"type": "string"}, "description":
+                     "Features that look computed from later rows, scores too good to be true"},
         "request_example": {"type": "object", "description": "A websocket request to paste"}}),
     "Job": _all({
         "id": {"type": "string"},
@@ -141,6 +146,17 @@ PATHS = {
                                                  "description": "Comma-separated"},
                                     "params": {"type": "string",
                                                "description": "JSON object"},
+                                    "folds": {"type": "integer", "default": 5,
+                                              "minimum": 1, "maximum": rules.MAX_FOLDS},
+                                    "horizon": {"type": "integer", "default": 1,
+                                                "minimum": 0, "maximum": rules.MAX_HORIZON,
+                                                "description": "Rows the target looks ahead"},
+                                    "returns": {"type": "string", "description":
+                                                "The column of each row's next-bar return "
+                                                "(a fraction): backtests the signal"},
+                                    "bars_per_year": {"type": "number", "default": 252,
+                                                      "exclusiveMinimum": 0,
+                                                      "maximum": 1e7},
                                     "skip_warmup": {
                                         "type": "string", "enum": ["true", "false"],
                                         "default": "false",

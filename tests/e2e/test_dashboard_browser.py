@@ -280,6 +280,39 @@ def test_a_csv_whose_indicators_warm_up_trains_with_those_rows_skipped(open_page
     expect(rows.first).to_contain_text("point1, point2, sma3 × 1")
 
 
+def test_a_models_evaluation_shows_its_folds_backtest_calibration_and_warnings(
+        open_page, site, tmp_path):
+    rows = site.prices.read_text().splitlines()
+    csv_path = tmp_path / "with-returns.csv"
+    csv_path.write_text("\n".join([rows[0] + ",ret"] + [
+        f"{row},{float(row.split(',')[3]) / 100:.6f}" for row in rows[1:]]) + "\n")
+    page = open_page(1200, 900)
+    log_in(page, site.base)
+    page.get_by_role("link", name="Models").click()
+    page.set_input_files("#csv-file", str(csv_path))
+    page.get_by_label("Strategy").fill("evaluated-browser")
+    page.get_by_label("Target column").select_option("direction")
+    page.locator("#features input[value=ret]").uncheck()  # move stays: it gives it away
+    page.get_by_label("Walk-forward folds").fill("4")
+    page.get_by_label("Next-bar returns column (for a backtest)").select_option("ret")
+    page.get_by_role("button", name="Start training").click()
+    rows = strategy_rows(page, "evaluated-browser")
+    expect(rows).to_have_count(1, timeout=TRAINING_TIMEOUT)
+    expect(rows.first).to_contain_text("2 warnings")
+    rows.first.get_by_role("button", name="Evaluation").click()
+    report = page.locator("#evaluation")
+    expect(report.get_by_role("heading")).to_have_text(
+        "Evaluation of evaluated-browser · DecisionTree class v1")
+    expect(report.get_by_role("alert").first).to_contain_text(
+        "feature 'move' predicts the target on its own")
+    expect(report.locator("#folds tbody tr")).to_have_count(5)  # four folds and the total
+    expect(report.locator("#folds thead")).to_contain_text("Buy & hold")
+    expect(report.locator("#coverage")).to_contain_text("top 10% hit rate")
+    expect(report.locator("#equity-plot svg polyline")).to_have_count(2)
+    expect(report.locator("#calibration-plot svg circle").first).to_be_visible()
+    shot(page, "evaluation")
+
+
 def test_the_page_fits_a_phone(open_page, site):
     # A charged connection of its own, so Usage has rows whatever ran before.
     key = run_cli(site.server.config, "keys", "create", "--account", EMAIL,

@@ -109,11 +109,12 @@ async def test_socket_prediction_equals_in_process_estimator(
         await ws.close()
 
 
-def test_training_output_reports_holdout_metrics(all_trained):
+def test_training_output_reports_the_walk_forward_scores(all_trained):
     result = all_trained.train("DecisionTree", "class", "metrics")
-    assert "hold-out: accuracy" in result.stdout
+    assert "Walk-forward over 5 folds" in result.stdout
+    assert "accuracy  bal. acc.   log loss" in result.stdout
     result = all_trained.train("Linear", "reg", "metrics")
-    assert "mae" in result.stdout and "rmse" in result.stdout
+    assert "MAE       RMSE         R²   hit rate" in result.stdout
 
 
 @pytest.mark.parametrize("model_type", ["class", "reg"])

@@ -382,23 +382,75 @@ def test_keys_create_list_and_revoke(nember):
                               "close within seconds\n")
 
 
+WALK_FORWARD = (r"Walk-forward over 5 folds \(horizon 1, purge {purge} samples\); every score "
+                r"is on samples never trained on:\n")
+
+
 def test_train_prints_what_it_trained(nember):
     args = ["train", "--account", EMAIL, "--strat", "cli", "--model", "DecisionTree",
             "--data", "prices.csv", "--window", "2", "--features", "point1, point2"]
     code, out, err = nember(*args, "--type", "class", "--target", "direction")
     assert (code, err) == (0, "")
+    score = r" +(0|1)\.\d{3}"
     assert re.fullmatch(
         r"Trained DecisionTree class for strategy 'cli': version 1, 79 samples, window 2, "
-        r"features point1,point2; hold-out: accuracy (0(\.\d+)?|1(\.0+)?)\n", out), out
+        r"features point1,point2\n" + WALK_FORWARD.format(purge=2)
+        + r"fold +trained +tested +accuracy +bal\. acc\. +log loss\n"
+        + "".join(rf"{k} +0-\d+ +\d+-\d+" + score * 2 + r" +\d+\.\d{3}\n" for k in range(1, 6))
+        + r"all +14-78" + score * 2 + r" +\d+\.\d{3}\n"
+        + r"Most confident predictions only: top 10% hit rate \d\.\d\d, top 25% hit rate "
+          r"\d\.\d\d, top 50% hit rate \d\.\d\d, top 100% hit rate \d\.\d\d\n", out), out
     code, out, err = nember(*args, "--type", "class", "--target", "direction",
-                            "--param", "max_depth=2", "--param", "criterion=entropy")
+                            "--param", "max_depth=2", "--param", "criterion=entropy",
+                            "--folds", "3", "--horizon", "4")
     assert (code, err) == (0, "")
     assert "class for strategy 'cli': version 2, 79 samples" in out
+    assert "Walk-forward over 3 folds (horizon 4, purge 5 samples)" in out
     code, out, err = nember(*args[:-4], "--type", "reg", "--target", "move")  # the defaults
     assert (code, err) == (0, "")
-    assert re.fullmatch(
+    assert re.match(
         r"Trained DecisionTree reg for strategy 'cli': version 1, 80 samples, window 1, "
-        r"features point1,point2; hold-out: \w+ -?[\d.e-]+(, \w+ -?[\d.e-]+)+\n", out), out
+        r"features point1,point2\n" + WALK_FORWARD.format(purge=1)
+        + r"fold +trained +tested +MAE +RMSE +R² +hit rate\n", out), out
+
+
+def test_a_default_feature_that_knows_the_answer_is_left_out_and_said(nember):
+    # In prices.csv, direction is "up" exactly when move > 0: move is the answer.
+    code, out, err = nember(*train(strat="leaky"))
+    assert code == 0 and "features point1,point2\n" in out, out
+    assert re.fullmatch(
+        r"nember: warning: left out of the default features: feature 'move' predicts the "
+        r"target on its own \((0\.9\d|1\.00)\) but not from the row before \(0\.\d\d\): it looks "
+        r"computed from later rows\n", err), err
+
+
+def test_a_named_feature_that_knows_the_answer_trains_with_loud_warnings(nember):
+    code, out, err = nember(*train("--features", "point1,move", strat="leaky-named"))
+    assert code == 0 and "features point1,move\n" in out, out
+    warnings = err.splitlines()
+    assert re.match(r"nember: warning: feature 'move' predicts the target on its own "
+                    r"\((0\.9\d|1\.00)\) but not from the row before", warnings[0]), err
+    assert warnings[1].startswith("nember: warning: out-of-sample balanced accuracy 1.00 is "
+                                  "too good to be true for market data"), err
+
+
+def test_the_backtest_follows_the_signal_against_buy_and_hold(nember, workspace):
+    rows = (workspace.parent / "prices.csv").read_text().splitlines()
+    with_returns = [rows[0] + ",ret"] + [f"{row},{float(row.split(',')[3]) / 100:.6f}"
+                                         for row in rows[1:]]
+    (workspace.parent / "returns.csv").write_text("\n".join(with_returns) + "\n")
+    code, out, err = nember(*train("--features", "point1,point2", "--returns", "ret",
+                                   data="returns.csv", strat="backtest"))
+    assert (code, err) == (0, "")
+    header = out.splitlines()[2]
+    assert header.split()[-3:] == ["return", "hold", "trades"]
+    assert re.search(r"^all .* [+-]\d+\.\d% +[+-]\d+\.\d% +\d+$", out, re.M), out
+    assert re.search(
+        r"^Backtest, following the signal vs buy-and-hold: return [+-]\d+\.\d% vs "
+        r"[+-]\d+\.\d%, Sharpe -?\d+\.\d{3} vs -?\d+\.\d{3}, max drawdown \d+\.\d% vs "
+        r"\d+\.\d%, \d+ trades \(no costs\)$", out, re.M), out
+    code, out, err = nember(*train("--returns", "move", strat="bps"))  # not fractions
+    assert "(no backtest: a return of 100% or more in one bar; give returns as fractions" in out
 
 
 def test_train_skips_the_warm_up_rows_when_asked(nember):
@@ -407,7 +459,7 @@ def test_train_skips_the_warm_up_rows_when_asked(nember):
     assert (code, err) == (0, "")
     assert out.startswith(
         "Trained DecisionTree reg for strategy 'warm': version 1, 78 samples (2 warm-up rows "
-        "skipped), window 1, features point1,point2,sma3; hold-out: "), out
+        "skipped), window 1, features point1,point2,sma3\n"), out
 
 
 def test_families_lists_the_installed_ones(nember):
@@ -779,7 +831,7 @@ def test_models_list_and_delete(nember):
                                             ["DecisionTree", "class", "1"],
                                             ["DecisionTree", "reg", "1*"]]
     assert all(row[4].endswith("+00:00") for row in listed)
-    assert re.fullmatch(r"accuracy [\d.]+", listed[0][5])
+    assert re.fullmatch(r"accuracy [\d.]+, balanced_accuracy [\d.]+, log_loss [\d.]+", listed[0][5])
     assert re.fullmatch(r"\w+ -?[\d.e-]+(, \w+ -?[\d.e-]+)+", listed[2][5])
 
     model = ["--account", EMAIL, "--strat", "listed", "--model", "DecisionTree"]
@@ -837,12 +889,13 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere_once_work_is_slow(m
 
 def test_train_says_its_stages_in_plain_lines_when_stderr_is_no_terminal(nember, monkeypatch):
     monkeypatch.setattr(ProgressBar, "LINES_AFTER", 0.0)
-    code, out, err = nember(*train(strat="progress"))
+    code, out, err = nember(*train("--features", "point1,point2", strat="progress"))
     assert code == 0 and out.startswith("Trained DecisionTree class for strategy 'progress'")
     lines = err.splitlines()
-    assert lines[0] == "DecisionTree class:   5% windowing"
+    assert lines[0] == "DecisionTree class:   2% checking the features"
+    assert "DecisionTree class:  10% walk-forward: fold 1 of 5" in lines
     assert lines[-1] == "DecisionTree class: 100% trained"
-    assert all(re.fullmatch(r"DecisionTree class: +\d+% [\w -]+", line) for line in lines)
+    assert all(re.fullmatch(r"DecisionTree class: +\d+% [\w :-]+", line) for line in lines)
 
 
 @pytest.fixture(scope="module")
@@ -864,12 +917,13 @@ def test_train_compiles_a_tree_model_so_that_servers_load_it_native(nember, comp
 
     if unavailable_reason():
         pytest.skip(f"no native code here: {unavailable_reason()}")
-    code, out, err = nember(*train(strat="native", data=str(compiling.parent / "prices.csv")),
+    code, out, err = nember(*train("--features", "point1,point2", strat="native",
+                                   data=str(compiling.parent / "prices.csv")),
                             config=compiling)
     assert code == 0, err
     compiled = compiling.parent / "data" / "compiled"
-    assert out.splitlines()[1] == (f"Compiled DecisionTree class version 1 to native code (in "
-                                   f"{compiled}): servers load it native")
+    assert out.splitlines()[-1] == (f"Compiled DecisionTree class version 1 to native code "
+                                    f"(in {compiled}): servers load it native")
     assert "DecisionTree class version 1: compiling its trees to native code...\n" in err
     assert len(list(compiled.glob("*.so"))) == 1
 
@@ -887,21 +941,21 @@ def test_train_compiles_a_tree_model_so_that_servers_load_it_native(nember, comp
 
     assert _run_services(compiling, first_load) is True
     # A model that isn't made of trees compiles nothing, and says nothing about it.
-    code, out, err = nember(*train(strat="native", model="Linear",
-                                   data=str(compiling.parent / "prices.csv")),
+    code, out, err = nember(*train("--features", "point1,point2", strat="native",
+                                   model="Linear", data=str(compiling.parent / "prices.csv")),
                             config=compiling)
-    assert (code, len(out.splitlines()), err) == (0, 1, "")
+    assert (code, err) == (0, "") and "Compiled" not in out
 
 
 def test_train_says_why_it_could_not_compile(nember, compiling, monkeypatch):
     monkeypatch.setattr("nember_core.trees.compiler.unavailable_reason",
                         lambda: "gcc is not on the PATH")
-    code, out, err = nember(*train(strat="interpreted", data=str(compiling.parent /
-                                                                  "prices.csv")),
+    code, out, err = nember(*train("--features", "point1,point2", strat="interpreted",
+                                   data=str(compiling.parent / "prices.csv")),
                             config=compiling)
-    assert code == 0 and len(out.splitlines()) == 1 and out.startswith("Trained ")
+    assert code == 0 and out.startswith("Trained ") and "Compiled" not in out
     assert err == ("nember: DecisionTree class version 1 not compiled to native code: gcc is "
                    "not on the PATH (servers answer through its NumPy or library path)\n")
     # With compile_trees off (the workspace's config): not a word about it.
-    code, out, err = nember(*train(strat="interpreted"))
-    assert (code, len(out.splitlines()), err) == (0, 1, "")
+    code, out, err = nember(*train("--features", "point1,point2", strat="interpreted"))
+    assert (code, err) == (0, "") and "Compiled" not in out and "compil" not in err

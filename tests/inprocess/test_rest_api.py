@@ -30,7 +30,7 @@ NO_HEADER = "Authenticate with the header 'Authorization: Bearer <API key>'."
 KEY_FIELDS = {"id", "name", "prefix", "scope", "created_at", "revoked_at", "live_connections"}
 MODEL_FIELDS = {"id", "model_id", "strat", "model", "type", "version", "latest", "features",
                 "window", "target", "classes", "params", "metrics", "samples", "family_version",
-                "trained_at", "training_seconds", "request_example"}
+                "trained_at", "training_seconds", "evaluation", "warnings", "request_example"}
 JOB_FIELDS = {"id", "state", "progress", "stage", "error", "model_id", "version", "strat",
               "model", "type", "created_at", "finished_at"}
 CONNECTION_FIELDS = {"id", "key_id", "key_name", "remote", "node", "opened_at", "predictions",
@@ -396,6 +396,12 @@ async def test_train_follow_serve_retrain_and_delete_versions_then_the_model(
     ({"params": "{"}, "'params' must be a JSON object of hyperparameters."),
     ({"colour": "blue"}, "Unknown form field 'colour'; expected 'data' and 'strat', "),
     ({"skip_warmup": "yes"}, "'skip_warmup' must be true or false."),
+    ({"folds": "many"}, "'folds' and 'horizon' must be whole numbers."),
+    ({"folds": "0"}, "The number of folds must be a whole number from 1 to 20, not 0."),
+    ({"horizon": "-1"}, "The horizon must be a whole number from 0 to 10000, not -1."),
+    ({"bars_per_year": "0"}, "Bars per year must be a number above 0"),
+    ({"returns": "nope"}, "The CSV: no column named 'nope'"),
+    ({"returns": "point1"}, "The CSV: the returns column 'point1' cannot be a feature"),
 ])
 async def test_training_request_errors_are_422(api, prepared, fields, message):
     status, answer = await api.call("POST", "/models", data=api.form(**fields))
@@ -433,6 +439,38 @@ async def test_the_warm_up_rows_are_skipped_when_asked(api):
     assert job["state"] == "succeeded", job
     (model,) = [m for m in await api.items("/models") if m["strat"] == "warm"]
     assert (model["samples"], model["metrics"]["warmup_rows_skipped"]) == (77, 2)
+
+
+async def test_a_model_carries_its_walk_forward_evaluation_backtest_and_warnings(api):
+    rows = api.prepared.data.read_text().splitlines()
+    # "ret": each row's next-bar return, whose sign is the row's direction (move's, scaled).
+    csv = "\n".join([rows[0] + ",ret"] + [f"{row},{float(row.split(',')[3]) / 100:.6f}"
+                                          for row in rows[1:]]) + "\n"
+    form = api.form(csv.encode(), strat="evaluated", features="point1,move", folds="4",
+                    horizon="2", returns="ret", bars_per_year="8760")
+    status, job = await api.call("POST", "/models", data=form)
+    assert status == 202, job
+    job, _ = await api.finished(job)
+    assert job["state"] == "succeeded", job
+    (model,) = [m for m in await api.items("/models") if m["strat"] == "evaluated"]
+    evaluation = model["evaluation"]
+    assert (evaluation["method"], evaluation["horizon"], evaluation["purge"]) == (
+        "walk-forward", 2, 3)
+    assert [fold["fold"] for fold in evaluation["folds"]] == [1, 2, 3, 4]
+    for fold in evaluation["folds"]:
+        assert fold["train"][1] + 3 == fold["test"][0]  # the purge gap
+        assert set(fold["backtest"]) == {"return", "sharpe", "max_drawdown", "trades", "bars",
+                                         "buy_and_hold_return"}
+    assert model["metrics"] == evaluation["metrics"]
+    assert set(evaluation["metrics"]) == {"accuracy", "balanced_accuracy", "log_loss"}
+    assert [level["coverage"] for level in evaluation["coverage"]] == [0.1, 0.25, 0.5, 1.0]
+    assert sum(row["predictions"] for row in evaluation["calibration"]) == evaluation["tested"]
+    pooled = evaluation["backtest"]
+    assert pooled["strategy"]["bars"] == pooled["buy_and_hold"]["bars"] == evaluation["tested"]
+    assert len(pooled["equity"]["strategy"]) == len(pooled["equity"]["buy_and_hold"]) > 10
+    # move gives the answer away: trained, as asked, and said twice over.
+    assert model["warnings"][0].startswith("feature 'move' predicts the target on its own")
+    assert model["warnings"][1].startswith("out-of-sample balanced accuracy 1.00 is too good")
 
 
 async def test_a_bad_or_missing_csv_is_422_and_json_is_400(api):

@@ -45,7 +45,9 @@ async def test_a_peer_that_stops_reading_is_dropped_and_others_are_served(
     aiohttp_client, prepared, services, tmp_path
 ):
     data_dir = Nember.load(str(prepared.config)).config.data_dir
-    config = write_config(tmp_path, data_dir=data_dir, server={"heartbeat": 1.0})
+    # Short, to drop the deaf bot soon; not so short that a busy machine misses the pongs
+    # of the bot that reads.
+    config = write_config(tmp_path, data_dir=data_dir, server={"heartbeat": 2.0})
     client = await aiohttp_client(create_app(Nember.load(str(config))))
     owner = await services.accounts.by_email("other@example.com")
     before = {row.connection_id for row in (await services.usage.report(owner.id)).rows}
@@ -68,7 +70,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_others_are_served(
         listed = await (await client.get("/api/connections", headers=headers)).json()
         assert len(listed["items"]) == 1  # the deaf bot, not dropped yet
         # The deaf bot is dropped: unlisted, its usage closed as a lost connection.
-        for _ in range(100):
+        for _ in range(200):
             rows = [row for row in (await services.usage.report(owner.id)).rows
                     if row.connection_id not in before]
             if rows and rows[0].closed_at is not None:

@@ -234,6 +234,11 @@ async function showModels() {
         <div class="field mt" id="warmup-field" hidden><label><input type="checkbox" id="skip-warmup" checked>
           Skip the warm-up rows: <span id="warmup-note"></span></label></div>
         <div class="mt"><label>Features</label><div class="checks" id="features"></div></div>
+        <div class="fields mt">
+          <div class="field"><label for="folds">Walk-forward folds</label><input id="folds" name="folds" type="number" min="1" max="20" value="5"></div>
+          <div class="field"><label for="horizon">Horizon (rows the target looks ahead)</label><input id="horizon" name="horizon" type="number" min="0" max="10000" value="1"></div>
+          <div class="field"><label for="returns">Next-bar returns column (for a backtest)</label><select id="returns" name="returns"></select></div>
+        </div>
         <div class="field mt"><label for="params">Hyperparameters (JSON, optional)</label>
           <textarea id="params" name="params" placeholder='{"max_depth": 4}'></textarea></div>
         <div class="row mt"><button type="submit" id="train-button">Start training</button></div>
@@ -246,12 +251,14 @@ async function showModels() {
       ${[...byStrat].map(([strat, list]) => raw(html`
         <h3>Strategy <code>${strat}</code></h3>
         <div class="table-wrap"><table>
-          <thead><tr><th>Family</th><th>Type</th><th>Version</th><th>Hold-out</th><th>Features × window</th><th>Trained</th><th></th></tr></thead>
+          <thead><tr><th>Family</th><th>Type</th><th>Version</th><th>Walk-forward</th><th>Features × window</th><th>Trained</th><th></th></tr></thead>
           <tbody>${list.map((m) => raw(html`
             <tr data-model="${m.id}">
               <td>${m.model}</td><td>${m.type}</td>
               <td>v${m.version} ${m.latest ? raw('<span class="tag ok">serving</span>') : ""}</td>
-              <td>${Object.entries(m.metrics).filter(([k]) => !["holdout", "train", "note", "warmup_rows_skipped"].includes(k)).map(([k, v]) => `${k} ${v}`).join(", ") || m.metrics.note || "—"}</td>
+              <td>${Object.entries(m.metrics).filter(([k]) => !["holdout", "train", "note", "warmup_rows_skipped"].includes(k)).map(([k, v]) => `${k} ${v}`).join(", ") || m.metrics.note || "—"}
+                ${m.warnings.length ? raw(html`<span class="tag bad" title="${m.warnings.join("\n")}">${m.warnings.length} warning${m.warnings.length > 1 ? "s" : ""}</span>`) : ""}
+                ${m.evaluation ? raw(html`<button class="ghost small" data-evaluate="${m.id}">Evaluation</button>`) : ""}</td>
               <td>${m.features.join(", ")} × ${m.window}</td><td>${when(m.trained_at)}</td>
               <td><details><summary>Request</summary>
                 <pre>${JSON.stringify(m.request_example, null, 1)}</pre>
@@ -260,7 +267,16 @@ async function showModels() {
                 <button class="danger small" data-delete-all="${m.model_id}">Delete model</button>
               </details></td>
             </tr>`))}</tbody></table></div>`))}
-    </section>`;
+    </section>
+    <section class="card" id="evaluation" aria-labelledby="evaluation-title" hidden></section>`;
+  for (const button of document.querySelectorAll("[data-evaluate]")) {
+    button.onclick = () => {
+      const box = document.getElementById("evaluation");
+      box.innerHTML = evaluationReport(models.items.find((m) => m.id === button.dataset.evaluate));
+      box.hidden = false;
+      box.scrollIntoView({ block: "start" });
+    };
+  }
 
   let file = null;
   document.getElementById("csv-file").onchange = async (e) => {
@@ -296,6 +312,8 @@ async function showModels() {
     target.onchange = drawFeatures;
     skip.onchange = drawFeatures;
     drawFeatures();
+    document.getElementById("returns").innerHTML = html`<option value="">none</option>` +
+      header.map((h, i) => (numeric[i] ? html`<option>${h}</option>` : "")).join("");
     document.getElementById("train-form").hidden = false;
   };
 
@@ -305,7 +323,8 @@ async function showModels() {
     const features = [...document.querySelectorAll("#features input:checked")].map((i) => i.value);
     const body = new FormData();
     body.append("data", file, file.name);
-    for (const name of ["strat", "model", "type", "target", "window"]) body.append(name, form.get(name));
+    for (const name of ["strat", "model", "type", "target", "window", "folds", "horizon"]) body.append(name, form.get(name));
+    if (form.get("returns")) body.append("returns", form.get("returns"));
     body.append("features", features.join(","));
     const warmup = document.getElementById("warmup-field");
     body.append("skip_warmup", String(!warmup.hidden && document.getElementById("skip-warmup").checked));
@@ -387,6 +406,60 @@ async function showConnections() {
   };
   await draw();
   every(2000, () => draw().catch(() => {}));
+}
+
+// ---- a model's walk-forward evaluation --------------------------------------------------
+const pct = (v) => (v == null ? "—" : `${v >= 0 ? "+" : ""}${(v * 100).toFixed(1)}%`);
+const fixed = (v) => (v == null ? "—" : Number(v).toFixed(3));
+
+function evaluationReport(m) {
+  const e = m.evaluation;
+  const names = m.type === "class" ? ["accuracy", "balanced_accuracy", "log_loss"] : ["mae", "rmse", "r2", "hit_rate"];
+  const backtest = e.folds.some((f) => f.backtest);
+  return html`
+    <h2 id="evaluation-title">Evaluation of ${m.strat} · ${m.model} ${m.type} v${m.version}</h2>
+    ${e.warnings.map((w) => raw(html`<p class="warning" role="alert">⚠ ${w}</p>`))}
+    <p class="muted">Walk-forward over ${e.folds.length} folds in time order (horizon ${e.horizon}, purge ${e.purge} samples):
+      every score is on samples the fold's model never trained on.${e.notes.map((n) => ` ${n}.`).join("")}</p>
+    <div class="table-wrap"><table id="folds">
+      <thead><tr><th>Fold</th><th>Trained on</th><th>Tested on</th>${names.map((n) => raw(html`<th>${n.replace("_", " ")}</th>`))}
+        ${backtest ? raw("<th>Return</th><th>Buy &amp; hold</th><th>Trades</th>") : ""}</tr></thead>
+      <tbody>${e.folds.map((f) => raw(html`<tr><td>${f.fold}</td><td>${f.train[0]}–${f.train[1] - 1}</td><td>${f.test[0]}–${f.test[1] - 1}</td>
+        ${names.map((n) => raw(html`<td class="num">${fixed(f.metrics[n])}</td>`))}
+        ${f.backtest ? raw(html`<td class="num">${pct(f.backtest.return)}</td><td class="num">${pct(f.backtest.buy_and_hold_return)}</td><td class="num">${f.backtest.trades}</td>`) : ""}</tr>`))}
+        <tr><th>All</th><td></td><td>${e.tested ?? 0} samples</td>${names.map((n) => raw(html`<th class="num">${fixed((e.metrics || {})[n])}</th>`))}
+        ${backtest && e.backtest ? raw(html`<th class="num">${pct(e.backtest.strategy.return)}</th><th class="num">${pct(e.backtest.buy_and_hold.return)}</th><th class="num">${e.backtest.strategy.trades}</th>`) : ""}</tr>
+      </tbody></table></div>
+    ${e.coverage ? raw(html`<p id="coverage">Most confident predictions only: ${e.coverage.map((c) => `top ${c.coverage * 100}% hit rate ${fixed(c.hit_rate)}`).join(" · ")}</p>`) : ""}
+    <div class="plots">
+      ${e.backtest ? raw(html`<figure class="chart" id="equity-plot"><figcaption>Equity, following the signal (${pct(e.backtest.strategy.return)}, Sharpe ${fixed(e.backtest.strategy.sharpe)}, max drawdown ${(e.backtest.strategy.max_drawdown * 100).toFixed(1)}%) vs buy-and-hold (${pct(e.backtest.buy_and_hold.return)}); no costs</figcaption>
+        ${raw(lineChart([{ name: "signal", cls: "line1", values: e.backtest.equity.strategy }, { name: "buy and hold", cls: "line2", values: e.backtest.equity.buy_and_hold }]))}</figure>`) : ""}
+      ${e.calibration ? raw(html`<figure class="chart" id="calibration-plot"><figcaption>Calibration: how often predictions were right, by their confidence (the diagonal is a calibrated model)</figcaption>
+        ${raw(calibrationChart(e.calibration))}</figure>`) : ""}
+    </div>`;
+}
+
+function lineChart(series, width = 480, height = 200, pad = 28) {
+  const all = series.flatMap((s) => s.values);
+  const low = Math.min(...all), high = Math.max(...all), span = high - low || 1;
+  const count = Math.max(...series.map((s) => s.values.length));
+  const x = (i) => pad + ((width - pad) * i) / Math.max(1, count - 1);
+  const y = (v) => height - pad - ((height - 2 * pad) * (v - low)) / span;
+  const lines = series.map((s) => `<polyline class="${s.cls}" fill="none" points="${s.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"><title>${escapeHtml(s.name)}</title></polyline>`).join("");
+  return `<svg viewBox="0 0 ${width} ${height}" role="img" aria-label="${series.map((s) => escapeHtml(s.name)).join(" and ")} over the tested bars">
+    <line x1="${pad}" y1="${y(1).toFixed(1)}" x2="${width}" y2="${y(1).toFixed(1)}" stroke="#cdd4e0"/>
+    <text x="0" y="12">${high.toFixed(3)}</text><text x="0" y="${height - pad}">${low.toFixed(3)}</text>${lines}
+    ${series.map((s, i) => `<text class="${s.cls}" x="${pad + 8 + i * 110}" y="${height - 6}">— ${escapeHtml(s.name)}</text>`).join("")}</svg>`;
+}
+
+function calibrationChart(rows, size = 320, pad = 28) {
+  const low = Math.min(...rows.map((r) => r.from));
+  const scale = (v) => pad + ((size - 2 * pad) * (v - low)) / (1 - low || 1);
+  const most = Math.max(...rows.map((r) => r.predictions));
+  const dots = rows.map((r) => `<circle class="dot" cx="${scale(r.confidence).toFixed(1)}" cy="${(size - scale(r.hit_rate)).toFixed(1)}" r="${(3 + 5 * Math.sqrt(r.predictions / most)).toFixed(1)}"><title>confidence ${r.confidence.toFixed(2)}: right ${(r.hit_rate * 100).toFixed(0)}% of ${r.predictions}</title></circle>`).join("");
+  return `<svg viewBox="0 0 ${size} ${size}" role="img" aria-label="calibration: hit rate by confidence">
+    <line x1="${scale(low)}" y1="${size - scale(low)}" x2="${scale(1)}" y2="${size - scale(1)}" stroke="#cdd4e0"/>
+    <text x="${pad}" y="${size - 6}">confidence ${low.toFixed(2)}–1</text><text x="0" y="12">hit rate</text>${dots}</svg>`;
 }
 
 // ---- usage ---------------------------------------------------------------------------
