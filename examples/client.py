@@ -1,58 +1,54 @@
-"""The original endpoint documentation's Python client, corrected to check
-``status == "success"`` (the original compared ``message`` with ``"valid"``, which never
-matches the documented answer). Prints one prediction a second.
+"""The original endpoint documentation's Python client, on Nember's Python SDK. Prints one
+prediction a second.
 
+It needs the SDK (sdk/python in this repository), installed once from a checkout:
+
+    pip install ./sdk/python
     python examples/client.py --url ws://127.0.0.1:8765/ws --key nmb_...
 
+The SDK checks the key's answer for ``status == "success"`` (the original compared
+``message`` with ``"valid"``, which never matches the documented answer) and reconnects by
+itself when the server restarts.
+
 Exit status: 0 after Ctrl-C, 1 when the key is refused, 2 when the server can't be reached or
-closes the connection (its reason printed).
+closes the connection for good (its reason printed), 3 when the SDK is not installed.
 """
 
 import argparse
 import asyncio
-import json
 import sys
 
-import websockets
+try:
+    from nember_client import (
+        AsyncClient,
+        AuthenticationError,
+        ConnectError,
+        ConnectionClosedError,
+        ConnectionLimitError,
+        ConnectionLostError,
+        PredictionError,
+        ServiceUnavailableError,
+    )
+except ImportError:
+    print("examples/client.py needs Nember's Python SDK: pip install ./sdk/python",
+          file=sys.stderr)
+    sys.exit(3)
+
+POINTS = [{"point1": 3, "point2": 2}, {"point1": 1, "point2": 3}]
 
 
-class KeyRefused(Exception):
-    pass
-
-
-async def connect(uri, api_key):
-    connected = False
-    async with websockets.connect(uri) as websocket:
+async def run(url, api_key):
+    async with AsyncClient(url, api_key) as client:
+        print("API key successfully verified!", flush=True)
         while True:
-            if not connected:
-                await websocket.send(api_key)
-            else:
-                data = {
-                    "api_key": api_key,
-                    "strat_name": "example_strategy",
-                    "model_name": "DecisionTree",
-                    "model_type": "class",
-                    "DataPoints": [
-                        {"point1": 3, "point2": 2},
-                        {"point1": 1, "point2": 3},
-                    ],
-                }
-                await websocket.send(json.dumps(data))
-
-            response = await websocket.recv()
-            response_data = json.loads(response)
-
-            if not connected and response_data.get("status") == "success":
-                print("API key successfully verified!", flush=True)
-                connected = True
-            elif connected:
-                if response_data["type"] == "success":
-                    print(response_data["prediction"], flush=True)
-                elif response_data["type"] == "error":
-                    print(response_data["message"], flush=True)
-            else:
-                raise KeyRefused(response_data.get("message", "API key verification failed."))
-
+            try:
+                answer = await client.predict("example_strategy", "DecisionTree", "class",
+                                              POINTS)
+                print(answer.prediction, flush=True)
+            except PredictionError as error:  # the server's sentence; the connection stays
+                print(error.message, flush=True)
+            except ConnectionLostError as lost:  # the SDK is reconnecting meanwhile
+                print(lost, file=sys.stderr, flush=True)
             await asyncio.sleep(1)
 
 
@@ -62,16 +58,19 @@ if __name__ == "__main__":
     parser.add_argument("--key", required=True, help="your API key")
     args = parser.parse_args()
     try:
-        asyncio.run(connect(args.url, args.key))
+        asyncio.run(run(args.url, args.key))
     except KeyboardInterrupt:
         pass
-    except KeyRefused as refused:
-        sys.exit(f"API key refused: {refused}")  # status 1
-    except websockets.ConnectionClosed as closed:
-        reason = closed.rcvd.reason if closed.rcvd else "no close frame"
-        code = closed.rcvd.code if closed.rcvd else 1006
-        print(f"The server closed the connection ({code}: {reason}).", file=sys.stderr)
+    except (AuthenticationError, ConnectionLimitError) as refused:
+        sys.exit(f"API key refused: {refused.message}")  # status 1
+    except ConnectError as failed:  # "Cannot connect to URL: why", on one line
+        print(failed, file=sys.stderr)
         sys.exit(2)
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
-        print(f"Cannot connect to {args.url}: {exc}", file=sys.stderr)
+    except ConnectionClosedError as closed:  # by its owner (4000), key revoked (4401), ...
+        print(f"The server closed the connection ({closed.code}: {closed.reason}).",
+              file=sys.stderr)
+        sys.exit(2)
+    except ServiceUnavailableError as unavailable:
+        print(f"The server closed the connection (1013: {unavailable.message})",
+              file=sys.stderr)
         sys.exit(2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -50,6 +51,22 @@ LOG_LIMIT = 200  # characters of a strategy name or an error in a log event
 
 def _cut(text: str, limit: int = LOG_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+async def _once(pending: dict, wanted: Any, fetch: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fetch`` for ``wanted`` once, however many ask at once: the others wait for it
+    (shielded: one caller cancelled doesn't cancel the others' load)."""
+    running = pending.get(wanted)
+    if running is not None:
+        await asyncio.shield(running)
+        return
+    future = asyncio.get_running_loop().create_future()
+    pending[wanted] = future
+    try:
+        await fetch()
+    finally:
+        del pending[wanted]
+        future.set_result(None)
 
 
 def _key_size(key: ModelKey) -> int:
@@ -174,17 +191,7 @@ class ModelCache:
 
     async def load(self, key: ModelKey) -> None:
         """Look the key up in the store (once, however many connections ask at once)."""
-        pending = self._loading.get(key)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
-            await self._fetch(key)
-        finally:
-            del self._loading[key]
-            future.set_result(None)
+        await _once(self._loading, key, lambda: self._fetch(key))
 
     def get_version(self, key: ModelKey, version: int):
         """Version ``version`` of ``key``: the loaded model, a ``PinnedMiss``, or ``MISSING``
@@ -200,22 +207,14 @@ class ModelCache:
 
     async def load_version(self, key: ModelKey, version: int) -> None:
         """Load one version by number (once, however many connections ask at once)."""
-        wanted = (key, version)
-        pending = self._loading_pinned.get(wanted)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._loading_pinned[wanted] = future
-        try:
-            found = await self._fetch_version(key, version)
-            self._pinned[wanted] = found
-            self._pinned.move_to_end(wanted)
+
+        async def fetch() -> None:
+            self._pinned[(key, version)] = await self._fetch_version(key, version)
+            self._pinned.move_to_end((key, version))
             while len(self._pinned) > MAX_PINNED:
                 self._pinned.popitem(last=False)
-        finally:
-            del self._loading_pinned[wanted]
-            future.set_result(None)
+
+        await _once(self._loading_pinned, (key, version), fetch)
 
     async def _fetch_version(self, key: ModelKey, version: int) -> LoadedModel | PinnedMiss:
         family = self._families.get(key.family)

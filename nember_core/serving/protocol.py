@@ -44,15 +44,27 @@ class RequestError(Exception):
 
 
 def success(seq: int, new: bool, prediction: Any, request_id: Any = NO_ID) -> bytes:
+    return orjson.dumps(_success(seq, new, prediction, request_id))
+
+
+def _success(seq: int, new: bool, prediction: Any, request_id: Any,
+             probabilities: dict[str, float] | None = None,
+             details: tuple[dict[str, Any], bool | None] | None = None) -> dict[str, Any]:
+    """A success answer: the original keys, what the request opted in to (§7) in the
+    contract's order, then its request_id."""
     answer = {
         "type": "success",
         "seq_num": seq,
         "message": NEW_MODEL if new else EXISTING_MODEL,
         "prediction": prediction,
     }
+    if probabilities is not None:
+        answer["probabilities"] = probabilities
+    if details is not None:
+        answer["model"], answer["in_distribution"] = details
     if request_id is not NO_ID:
         answer["request_id"] = request_id
-    return orjson.dumps(answer)
+    return answer
 
 
 class Extensions:
@@ -104,20 +116,8 @@ def no_such_version(version: int, newest: int) -> str:
 def success_extended(seq: int, new: bool, prediction: Any, request_id: Any,
                      probabilities: dict[str, float] | None,
                      details: tuple[dict[str, Any], bool | None] | None) -> bytes:
-    """A success answer with what the request opted in to, in the contract's order."""
-    answer = {
-        "type": "success",
-        "seq_num": seq,
-        "message": NEW_MODEL if new else EXISTING_MODEL,
-        "prediction": prediction,
-    }
-    if probabilities is not None:
-        answer["probabilities"] = probabilities
-    if details is not None:
-        answer["model"], answer["in_distribution"] = details
-    if request_id is not NO_ID:
-        answer["request_id"] = request_id
-    return orjson.dumps(answer)
+    """A success answer with what the request opted in to."""
+    return orjson.dumps(_success(seq, new, prediction, request_id, probabilities, details))
 
 
 def error(seq: int, message: str, request_id: Any = NO_ID) -> bytes:

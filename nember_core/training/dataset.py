@@ -23,6 +23,8 @@ import numpy as np
 from nember_core.errors import InvalidData
 from nember_core.rules import MAX_FEATURES
 
+# Columns that number or date the rows: never default features (a model would learn the date).
+TIME_COLUMNS = frozenset({"timestamp", "time", "date", "datetime", "index", "tick", "unnamed: 0"})
 # Cells that say "no value yet": what pandas, spreadsheets and trading tools write for one.
 EMPTY_CELLS = frozenset({"", "nan", "na", "n/a", "null", "none", "#n/a"})
 SKIP_WARMUP = ("skip the warm-up rows (the CLI's --skip-warmup, the REST API's "
@@ -161,7 +163,9 @@ def read_csv(path: Path, target: str, features: list[str] | None,
             )
     _check_names(path, header, target, features, returns)
     defaulted = features is None
-    aside = {target} if returns is None else {target, returns}  # never default features
+    labels = [target] if returns is None else [target, returns]
+    # Never default features: the labels, and the columns that number or date the rows.
+    aside = {*labels, *(name for name in header if name.lower() in TIME_COLUMNS)}
 
     columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
     skipped = 0
@@ -169,7 +173,7 @@ def read_csv(path: Path, target: str, features: list[str] | None,
         watched = features if features is not None else [
             name for name in header
             if name not in aside and _numeric_after_warmup(columns[name])]
-        skipped = max(_leading_empty(columns[name]) for name in [*watched, *aside])
+        skipped = max(_leading_empty(columns[name]) for name in [*watched, *labels])
         if skipped == len(body):
             raise InvalidData(f"{path}: every row has an empty cell in a feature or the target")
         columns = {name: cells[skipped:] for name, cells in columns.items()}

@@ -194,20 +194,24 @@ async def test_close_and_revoke_reach_a_socket_on_another_node(cluster, key):
         assert time.monotonic() - asked < 3  # the CLI's own start, and then 2 s
 
 
+async def train_through(session, key: str, form, on: str, seen_from: str) -> None:
+    """Train through the node at ``on``; return once the node at ``seen_from`` says done."""
+    status, job = await api(session, on, key, "POST", "/api/models", data=form)
+    assert status == 202, job
+
+    async def done():
+        _, state = await api(session, seen_from, key, "GET", f"/api/jobs/{job['id']}")
+        assert state["state"] != "failed", state
+        return state["state"] == "succeeded"
+
+    await until(done, 120, f"finished training job seen from {seen_from}")
+
+
 async def test_a_model_trained_through_one_node_serves_on_all(cluster, key):
     csv_bytes = (cluster.folder / "prices.csv").read_bytes()
     async with aiohttp.ClientSession() as session:
-        status, job = await api(session, cluster.node_base(1), key, "POST", "/api/models",
-                                data=training_form(csv_bytes, strat="trained-on-node-1"))
-        assert status == 202, job
-
-        async def done():
-            _, state = await api(session, cluster.node_base(2), key, "GET",
-                                 f"/api/jobs/{job['id']}")
-            assert state["state"] != "failed", state
-            return state["state"] == "succeeded"
-
-        await until(done, 120, "finished training job seen from node 2")
+        await train_through(session, key, training_form(csv_bytes, strat="trained-on-node-1"),
+                            on=cluster.node_base(1), seen_from=cluster.node_base(2))
         for i in range(NODES):
             ws = await authed(session, cluster.nodes[i].url, key)
             answer = await ask(ws, request(strat_name="trained-on-node-1"))
@@ -226,18 +230,9 @@ async def test_a_model_retrained_through_one_node_is_served_by_every_node_at_onc
     async with aiohttp.ClientSession() as session:
 
         async def train(text: str) -> None:
-            status, job = await api(session, cluster.node_base(1), key, "POST", "/api/models",
-                                    data=training_form(text.encode(), strat="retrained",
-                                                       type="reg", target="move"))
-            assert status == 202, job
-
-            async def done():
-                _, state = await api(session, cluster.node_base(1), key, "GET",
-                                     f"/api/jobs/{job['id']}")
-                assert state["state"] != "failed", state
-                return state["state"] == "succeeded"
-
-            await until(done, 120, "finished training job")
+            form = training_form(text.encode(), strat="retrained", type="reg", target="move")
+            await train_through(session, key, form, on=cluster.node_base(1),
+                                seen_from=cluster.node_base(1))
 
         await train("\n".join(prices) + "\n")
         bots = [await authed(session, cluster.nodes[i].url, key) for i in (0, 2)]

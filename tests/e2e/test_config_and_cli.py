@@ -144,7 +144,7 @@ def test_train_default_features_are_every_numeric_column_but_the_target(workspac
     out = run_cli(workspace.config, "train", "--account", "trader@example.com", "--strat", "d",
                   "--model", "DecisionTree", "--type", "reg", "--data", str(data),
                   "--target", "move").stdout
-    assert "features point1,point2;" in out and "window 1" in out
+    assert "features point1,point2\n" in out and "window 1" in out
 
 
 # --- where the config and the data are (issue 11) ---------------------------------------------
