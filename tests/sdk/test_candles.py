@@ -8,6 +8,7 @@ candles against a server, asking with the same features the training file has.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import re
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nember_client import Client
 from nember_client import candles as recipe
 
 from tests.harness import run_cli, write_config
@@ -114,3 +116,25 @@ def test_from_candles_to_a_served_model_in_three_commands(tmp_path, servers):
     assert all(decision.fullmatch(line) for line in lines[:-1]), lines[:3]
     assert re.fullmatch(r"Replayed 577 candles: following the model [+-]\d+\.\d\d%, "
                         r"buy-and-hold [+-]\d+\.\d\d% \(no costs\)", lines[-1])
+
+    # The freqtrade strategy's Nember-facing part, on the same server and candles.
+    strategy = _load_example("freqtrade/nember_strategy.py")
+    candles = recipe.read_csv(str(tmp_path / "candles.csv"))[:120]
+    with Client(server.url, key) as client:
+        ups = strategy.up_probabilities(client, candles, strat="candles", model="XGBoost",
+                                        window=3, version=1)
+        assert ups[:22] == [None] * 22  # the warm-up, and a window's first points
+        assert all(0.0 <= up <= 1.0 for up in ups[22:])
+        direct = client.predict("candles", "XGBoost", "class", recipe.latest(candles, 3),
+                                probabilities=True, model_version=1)
+        assert ups[-1] == direct.probabilities["up"]
+        newest = strategy.up_probabilities(client, candles, strat="candles", model="XGBoost",
+                                           window=3, version=1, newest=1)
+        assert newest[:-1] == [None] * 119 and newest[-1] == ups[-1]  # live: one request
+
+
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location("example", ROOT / "examples" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
