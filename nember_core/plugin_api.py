@@ -496,6 +496,10 @@ class ModelFamily(Protocol):
     def predict(self, model: Any, model_type: str, X: np.ndarray) -> Sequence[Any]:
         """Batch predictions through the library's own API (evaluation and tests)."""
 
+    # Optional: ``warm_up()`` imports what ``loads`` and ``predictor`` need (XGBoost's import
+    # takes 2 s). A server calls it once in a thread when it starts, so that the first
+    # request for a model doesn't wait for the library to import.
+
 
 def class_probabilities(raw: np.ndarray) -> np.ndarray:
     """A classifier's output for one row as the probability of each class index: one value

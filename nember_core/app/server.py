@@ -82,6 +82,7 @@ def create_app(nember: Nember) -> web.Application:
             )
             state["gateway"] = gateway
             for task in (
+                asyncio.create_task(cache.warm_up()),
                 asyncio.create_task(cache.refresh_forever(server.model_refresh_interval)),
                 asyncio.create_task(
                     gateway.watch_revocations(server.revocation_check_interval)

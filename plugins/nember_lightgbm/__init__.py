@@ -86,6 +86,9 @@ class LightGBMFamily:
         # One thread: on a busy server, OpenMP threads spinning on other cores cost more.
         return decode_output(model.predict(X, num_threads=1), model_type)
 
+    def warm_up(self) -> None:
+        import lightgbm  # noqa: F401
+
 
 IDENTITY = {"regression", "regression_l1", "huber", "fair", "quantile", "mape"}
 CLASSES = {"binary", "multiclass", "multiclassova"}

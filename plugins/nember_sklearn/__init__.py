@@ -160,6 +160,11 @@ class SklearnFamily:
     def predict(self, model, model_type: str, X: np.ndarray):
         return model.predict(X)
 
+    def warm_up(self) -> None:
+        import skops.io  # noqa: F401
+
+        _import(self.classifier), _import(self.regressor)
+
 
 def fast_predictor(model) -> Predictor:
     """A single-row predictor equal to ``model.predict`` without its per-call validation.

@@ -93,6 +93,9 @@ class XGBoostFamily:
     def predict(self, model, model_type: str, X: np.ndarray):
         return decode_output(model.inplace_predict(X), model_type)
 
+    def warm_up(self) -> None:
+        import xgboost  # noqa: F401
+
 
 IDENTITY = {"reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror"}
 CLASSES = {"binary:logistic", "multi:softprob", "multi:softmax"}

@@ -4,6 +4,7 @@ and equal to the same estimator fitted in this process on the same windows."""
 from __future__ import annotations
 
 import csv
+import time
 
 import aiohttp
 import numpy as np
@@ -158,3 +159,14 @@ async def test_concurrent_requests_batched_together_get_their_own_predictions(
     loaded = [e for e in family_server.events("model.loaded") if e["family"] == family]
     if family in ("RandomForest", "GradientBoosting"):
         assert any(e["batched"] for e in loaded)  # these are costly enough to batch
+
+
+def test_the_server_imports_every_familys_library_when_it_starts(family_server):
+    """So that the first request for a model after a restart doesn't wait ~2 s for XGBoost's
+    import (measured: 78 ms for a first prediction 4 s after start, 2.4 s without)."""
+    deadline = time.monotonic() + 60
+    while not (warmed := family_server.events("families.warmed")):
+        assert time.monotonic() < deadline, family_server.log()
+        time.sleep(0.1)
+    assert set(FAMILIES) <= set(warmed[0]["families"])
+    assert not family_server.events("family.warm_up_failed")
