@@ -133,17 +133,8 @@ class PredictionSession:
                 if extra is not None:
                     return self._extended(key, request, extra, request_id, may_load)
             model = self.cache.get(key)
-            if model is MISSING:
-                if may_load:
-                    return key
-                model = None
-            if model is None:  # off the hot path: is it missing, or did its load fail?
-                failure = self.cache.failure(key)
-                if failure is None:
-                    return self._error(protocol.NOT_FOUND, request_id)
-                if may_load and failure.due():
-                    return key  # time to try loading it again
-                return self._error(protocol.LOAD_FAILED, request_id)
+            if model is MISSING or model is None:
+                return self._unavailable(key, model, request_id, may_load)
             if model.batcher is not None and not model.batcher.direct():
                 # A costly model asked by many at once: predicted with this turn's batch.
                 row = model.extractor.row(request["DataPoints"])
@@ -168,17 +159,8 @@ class PredictionSession:
             return self._error(protocol.PROBABILITIES_FOR_CLASS, request_id)
         if extra.version is None:
             model = self.cache.get(key)
-            if model is MISSING:
-                if may_load:
-                    return key
-                model = None
-            if model is None:
-                failure = self.cache.failure(key)
-                if failure is None:
-                    return self._error(protocol.NOT_FOUND, request_id)
-                if may_load and failure.due():
-                    return key
-                return self._error(protocol.LOAD_FAILED, request_id)
+            if model is MISSING or model is None:
+                return self._unavailable(key, model, request_id, may_load)
         else:
             model = self.cache.get_version(key, extra.version)
             if model is MISSING:
@@ -201,6 +183,19 @@ class PredictionSession:
         counts[model.kind] = counts.get(model.kind, 0) + 1
         return protocol.success_extended(self.seq, self._is_new(key, model), prediction,
                                          request_id, probabilities, details)
+
+    def _unavailable(self, key: ModelKey, model: Any, request_id: Any,
+                     may_load: bool) -> bytes | ModelKey:
+        """For a model the cache can't serve now (``MISSING``: never looked up; ``None``:
+        none, or its load failed), off the hot path: the key to load, or the error."""
+        if model is MISSING and may_load:
+            return key
+        failure = self.cache.failure(key)
+        if failure is None:
+            return self._error(protocol.NOT_FOUND, request_id)
+        if may_load and failure.due():
+            return key  # time to try loading it again
+        return self._error(protocol.LOAD_FAILED, request_id)
 
     @staticmethod
     def _pinned_miss(miss: PinnedMiss, version: int) -> str:
