@@ -67,12 +67,14 @@ class NemberStrategy(IStrategy):
 
     def bot_start(self, **kwargs) -> None:
         self.nember = Client(URL, os.environ["NEMBER_KEY"])
+        self.nember.connect()  # a wrong URL or key stops the bot here, with the reason
 
     def populate_indicators(self, dataframe, metadata: dict):
         columns = dataframe[["date", "open", "high", "low", "close", "volume"]]
         candles = [[row.date.timestamp() * 1000, row.open, row.high, row.low, row.close,
                     row.volume] for row in columns.itertuples(index=False)]
-        live = self.dp.runmode.value in ("live", "dry_run")
+        runmode = getattr(self.config.get("runmode"), "value", self.config.get("runmode"))
+        live = runmode in ("live", "dry_run")
         dataframe["nember_up"] = up_probabilities(self.nember, candles,
                                                   newest=1 if live else None)
         return dataframe
