@@ -28,6 +28,7 @@ APP_FOLDER = "nember"  # under $XDG_CONFIG_HOME and $XDG_DATA_HOME
 
 
 REQUIRED = attrs.NOTHING  # a setting without a default: the config must give it
+DATA_DIR = Path("var")  # data_dir's default, beside the config file
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -118,9 +119,9 @@ class LogConfig:
 @attrs.frozen(kw_only=True)
 class Config:
     path: Path | None = setting(REQUIRED, "the file read; None: the defaults alone")
-    data_dir: Path = setting(Path("var"), "where the embedded plugins keep their files "
-                                          "(without a config file, or in the per-user one: "
-                                          "~/.local/share/nember)")
+    data_dir: Path = setting(DATA_DIR, "where the embedded plugins keep their files "
+                                       "(without a config file, or in the per-user one: "
+                                       "~/.local/share/nember)")
     server: ServerConfig = setting(REQUIRED, "the server: /ws, the REST API, the dashboard")
     key_store: PluginSection = setting(REQUIRED, "accounts, hashed API keys and sessions")
     billing: BillingConfig = setting(REQUIRED, "durable charges, and usage")
@@ -263,7 +264,7 @@ def parse_config(raw: Any, path: Path | None, providers: dict[str, dict[str, Any
     elif default_data_dir is not None:
         data_dir = default_data_dir
     elif path is not None:
-        data_dir = base / attrs.fields(Config).data_dir.default
+        data_dir = base / DATA_DIR
     else:
         data_dir = user_data_dir()
     server = _structure(ServerConfig, raw.get("server", {}), "server", where, base)

@@ -35,6 +35,10 @@ PROJECT = "nember"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+# A spec's body never runs: pluggy takes its name, arguments and docstring. Each raises rather
+# than ending after its docstring, so that the return type it documents (what an
+# implementation returns) type-checks as it stands.
+
 
 @hookspec
 def nember_model_families() -> list[ModelFamily]:
@@ -43,6 +47,7 @@ def nember_model_families() -> list[ModelFamily]:
     Each family's ``name`` is what requests send as ``model_name`` and what ``nember train
     --model`` takes. Two plugins may not provide the same name.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -52,6 +57,7 @@ def nember_key_stores() -> list[Provider[KeyStore]]:
     The config's ``key_store.plugin`` picks one by name; the rest of that section is the
     provider's ``options``.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -61,6 +67,7 @@ def nember_billing_ledgers() -> list[Provider[BillingLedger]]:
     Picked by ``billing.plugin``; ``billing.price`` and ``billing.currency`` belong to the
     core, the section's other keys to the provider's ``options``.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -69,6 +76,7 @@ def nember_model_stores() -> list[Provider[ModelStore]]:
 
     Picked by ``model_store.plugin``.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -78,6 +86,7 @@ def nember_connection_registries() -> list[Provider[ConnectionRegistry]]:
     Picked by ``connection_registry.plugin``. A registry that keeps each process's connections
     to itself says so with ``shared_across_processes=False``; ``--workers`` refuses it.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -88,3 +97,4 @@ def nember_job_boards() -> list[Provider[JobBoard]]:
 
     Picked by ``jobs.plugin``.
     """
+    raise NotImplementedError

@@ -499,6 +499,7 @@ class ModelFamily(Protocol):
     # Optional: ``warm_up()`` imports what ``loads`` and ``predictor`` need (XGBoost's import
     # takes 2 s). A server calls it once in a thread when it starts, so that the first
     # request for a model doesn't wait for the library to import.
+    # Optional: ``trainable = False``: its models are imported (ONNX), never trained or demoed.
 
 
 def class_probabilities(raw: np.ndarray) -> np.ndarray:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, final
 
 import attrs
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _names(items: Iterable[str]) -> tuple[str, ...]:
+    """``ModelMeta.features``' converter: any iterable of names, kept as a tuple (a typed
+    function, so that the checker knows what the field's ``__init__`` argument takes)."""
+    return tuple(items)
 
 
 @attrs.frozen
@@ -46,6 +53,7 @@ class NewApiKey:
     secret: str = attrs.field(repr=False)
 
 
+@final  # never subclassed: the serving path tells it apart with ``type(x) is ModelKey``
 @attrs.frozen
 class ModelKey:
     """What a prediction request names: whose model, for which strategy, family and type.
@@ -74,7 +82,7 @@ class ModelMeta:
 
     key: ModelKey
     version: int
-    features: tuple[str, ...] = attrs.field(converter=tuple)
+    features: tuple[str, ...] = attrs.field(converter=_names)
     window: int
     target: str
     classes: tuple[Any, ...] | None  # label of each class index, as in the training data

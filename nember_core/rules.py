@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidData
+
+if TYPE_CHECKING:
+    from .plugin_api import Param
 
 MODEL_TYPES = ("class", "reg")
 # What an API key may do, each including the ones before it (PROTOCOL.md §3): open /ws; and
@@ -91,7 +95,8 @@ def scope_allows(held: str, needed: str) -> bool:
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def hyperparameters(family_name: str, params: dict[str, Any], allowed: dict) -> dict[str, Any]:
+def hyperparameters(family_name: str, params: dict[str, Any],
+                    allowed: Mapping[str, Param]) -> dict[str, Any]:
     """``params`` checked against a family's ``parameters`` (name -> plugin_api.Param)."""
     for name, value in params.items():
         spec = allowed.get(name)
@@ -102,7 +107,7 @@ def hyperparameters(family_name: str, params: dict[str, Any], allowed: dict) -> 
     return params
 
 
-def _check_param(name: str, value: Any, spec) -> None:
+def _check_param(name: str, value: Any, spec: Param) -> None:
     if value is None:
         if not spec.nullable:
             raise InvalidData(f"the hyperparameter {name!r} can't be empty")

@@ -5,6 +5,7 @@ Tests that need a service the machine lacks skip on a laptop and fail in CI (CI=
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+
+from nember_core.testing.data import write_prices  # noqa: F401  (the tests' data too)
 
 NEMBER = str(Path(sys.executable).with_name("nember"))
 PASSWORD = "correct horse battery"
@@ -80,19 +84,6 @@ def run_cli(config: Path | None, *args: str, env: dict | None = None, check: boo
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr}")
     return result
-
-
-def write_prices(path: Path, rows: int = 300, seed: int = 3) -> Path:
-    """A small time series: two features, a string class label and a numeric target."""
-    rng = np.random.default_rng(seed)
-    point1 = rng.normal(0, 1, rows).round(4)
-    point2 = rng.normal(0, 1, rows).round(4)
-    move = 0.7 * point1 - 0.4 * point2 + rng.normal(0, 0.3, rows)
-    lines = ["point1,point2,direction,move"]
-    for p1, p2, m in zip(point1, point2, move, strict=True):
-        lines.append(f"{p1},{p2},{'up' if m > 0 else 'down'},{m:.4f}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def banner_key(server: Server, nth: int = 1, timeout: float = 60.0) -> str:
@@ -240,3 +231,27 @@ class Workspace:
                       "--name", name, "--scope", scope).stdout
         return out.strip().splitlines()[-1]
 
+
+
+# The families whose library is an optional extra, and that library: `tox -e minimal` runs
+# without them, and the tests that name them are skipped there (never in the full install).
+OPTIONAL_FAMILIES = {"XGBoost": "xgboost", "LightGBM": "lightgbm", "ONNX": "onnxruntime"}
+SKLEARN_FAMILIES = {"DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear"}
+
+
+def family_installed(name: str) -> bool:
+    library = OPTIONAL_FAMILIES.get(name)
+    return library is None or importlib.util.find_spec(library) is not None
+
+
+def needs_family(name: str) -> pytest.MarkDecorator:
+    """Skip the test when the family's optional library is not installed."""
+    return pytest.mark.skipif(not family_installed(name),
+                              reason=f"{name}'s library ({OPTIONAL_FAMILIES.get(name)}) is "
+                                     "not installed")
+
+
+def expected_families() -> set[str]:
+    """The first-party families this install must have: scikit-learn's, and each optional
+    one whose library is installed."""
+    return SKLEARN_FAMILIES | {name for name in OPTIONAL_FAMILIES if family_installed(name)}

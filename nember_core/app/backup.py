@@ -211,7 +211,7 @@ def read_manifest(source: Path) -> dict:
         if (PurePosixPath(name).is_absolute() or ".." in parts or len(parts) < 2
                 or parts[0] not in roles):
             raise refuse(f"{MANIFEST} names a file outside the backup's role folders: {name!r}")
-    found = set()
+    found: set[str] = set()
     for role in roles:
         for path, _dirs, names in os.walk(source / role):
             found.update((Path(path, name).relative_to(source)).as_posix() for name in names)

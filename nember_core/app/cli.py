@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from nember_core import __version__
 from nember_core.config import ROLES
 from nember_core.errors import NemberError, NotFound
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.rules import SCOPES
-from nember_core.services import Services, TrainingRequest
+from nember_core.services import ImportRequest, Services, TrainingRequest, class_labels
 
 from . import evaluation_report
 from .logs import configure
@@ -245,11 +248,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a hyperparameter of the family (repeatable), e.g. max_depth=4",
     )
 
-    models = _command(sub, "models", common, "list and delete an account's models",
-                      "The models an account trained: every version of each.",
+    models = _command(sub, "models", common, "list, delete and import an account's models",
+                      "The models an account trained or imported: every version of each.",
                       "nember models list --account trader@example.com")
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION",
-                                    help="list or delete; `ACTION --help` says more")
+                                    help="list, delete or import; `ACTION --help` says more")
     model_list = _command(
         models_sub, "list", common, "list an account's models, every version",
         "List an account's models, tab-separated: strategy, family, type, version (* marks "
@@ -276,10 +279,62 @@ def _parser() -> argparse.ArgumentParser:
     model_delete.add_argument("--version", type=int, metavar="N",
                               help="only this version (default: every version)")
 
+    model_import = _command(
+        models_sub, "import", common, "store a model trained elsewhere (ONNX, XGBoost, "
+        "LightGBM) and serve it",
+        "Store a model trained elsewhere as the newest version of (account, strategy, family, "
+        "type), served like a trained one: an ONNX file for the family ONNX, or the "
+        "library's own model file for XGBoost (JSON or UBJSON, as Booster.save_model writes "
+        "it) and LightGBM (its text model). The model's input is one row of W x F numbers: "
+        "the W data points oldest first, each point's features in --features order. The "
+        "file is loaded and asked a row of zeros first: one that doesn't load, whose input "
+        "isn't W x F wide, or whose class output isn't a class index, is refused with one "
+        "line, and nothing is stored. Pickles (and joblib files) are refused: loading them "
+        "runs code.",
+        "nember models import --account trader@example.com --strat my_strategy \\\n"
+        "      --model ONNX --type class --file model.onnx --features point1,point2 \\\n"
+        "      --window 2 --classes down,up")
+    model_import.add_argument("--account", required=True, metavar="EMAIL",
+                              help="the email of the account that owns the model")
+    model_import.add_argument("--strat", required=True, metavar="NAME",
+                              help="the strategy name, as bots send it in strat_name")
+    imported = model_import.add_argument(
+        "--model", required=True, metavar="FAMILY",
+        help="the model family of the file: ONNX, XGBoost or LightGBM (installed: "
+             "%(families)s)")
+    imported.families = _InstalledFamilies()  # type: ignore[attr-defined]
+    model_import.add_argument("--type", required=True, choices=["class", "reg"],
+                              dest="model_type",
+                              help="class: it outputs class probabilities or indices; reg: a "
+                                   "number")
+    model_import.add_argument("--file", required=True, type=Path, metavar="FILE",
+                              help="the model file")
+    model_import.add_argument("--features", required=True, metavar="a,b,...",
+                              help="the feature names bots send, in the order of the model's "
+                                   "input")
+    model_import.add_argument("--window", type=int, default=1, metavar="W",
+                              help="data points per request, 1 to 1000: the model's input is "
+                                   "W x F values, oldest point first (default: %(default)s)")
+    model_import.add_argument("--classes", metavar="a,b,...",
+                              help="class models: the label answered for each class index, in "
+                                   "order (default: the indices 0, 1, ...)")
+    model_import.add_argument("--target", default="imported", metavar="NAME",
+                              help="what the model predicts, for listings (default: "
+                                   "%(default)s)")
+
     _command(sub, "families", common, "list the installed model families",
              "List the installed model families (plugins may add more), tab-separated: name "
              "and the version of its library.",
              "nember families")
+    plugins = _command(
+        sub, "plugins", common, "list every plugin: its package, hooks and what it provides",
+        "List every plugin installed in the 'nember' entry-point group: its entry point, "
+        "module and package (with its version), the hooks it implements and what they "
+        "return (families, stores). A plugin that can't be used (it fails to import, "
+        "implements a misspelt hook, or returns a family lacking part of the interface) is "
+        "listed with its error, and the command then exits 1. No config is read.",
+        "nember plugins", "nember plugins --json")
+    plugins.add_argument("--json", action="store_true", help="the same, as JSON")
 
     db = _command(sub, "db", common, "the shared stores' database schema",
                   "The schema of stores that keep one in a shared database (postgres).",
@@ -335,6 +390,8 @@ SERVING = ("serve", "demo")  # long-running: they log at the config's level
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "plugins":  # before loading them all: one broken plugin stops that
+        return _plugins(args.json)
     nember = Nember.load(getattr(args, "config", None))
     level = nember.config.log.level
     if args.command not in SERVING and level != "debug":
@@ -482,7 +539,7 @@ async def _keys_list(services: Services, args) -> int:
 async def _keys_revoke(services: Services, args) -> int:
     done = await services.keys.revoke_reporting(args.key)
     key = done.key
-    if done.already:
+    if done.already and key.revoked_at is not None:
         print(f"API key {key.id} ({key.name!r}) was already revoked, at "
               f"{key.revoked_at.isoformat()}")
         return 0
@@ -624,12 +681,37 @@ async def _models_delete(services: Services, args) -> int:
     return 0
 
 
+async def _models_import(services: Services, args) -> int:
+    features = [name.strip() for name in args.features.split(",") if name.strip()]
+    if not features:
+        raise NemberError("--features: name at least one feature")
+    classes = None if args.classes is None else class_labels(args.classes)
+    if classes is not None and not classes:
+        raise NemberError("--classes: name the label of each class index")
+    try:
+        artifact = args.file.read_bytes()
+    except OSError as exc:
+        raise NemberError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from None
+    owner = await services.accounts.by_email(args.account)
+    meta = await services.models.import_model(owner.id, ImportRequest(
+        strat=args.strat, family=args.model, model_type=args.model_type, artifact=artifact,
+        features=features, window=args.window, classes=classes, target=args.target,
+        label=str(args.file)))
+    count = len(meta.features)
+    labels = "" if meta.classes is None else f", classes {','.join(map(str, meta.classes))}"
+    print(f"Imported {meta.key.family} {meta.key.model_type} model for strategy "
+          f"{meta.key.strat!r}, version {meta.version}: {count} feature{'s' * (count > 1)} x "
+          f"window {meta.window}{labels}")
+    return 0
+
+
 COMMANDS = {
     ("accounts", "create"): _accounts_create,
     ("accounts", "list"): _accounts_list,
     ("accounts", "password"): _accounts_password,
     ("models", "list"): _models_list,
     ("models", "delete"): _models_delete,
+    ("models", "import"): _models_import,
     ("keys", "create"): _keys_create,
     ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke,
@@ -639,3 +721,24 @@ CREATING = {("accounts", "create")}  # the first account makes the data; the res
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _plugins(as_json: bool) -> int:
+    from nember_core.plugins import plugin_reports
+
+    reports = plugin_reports()
+    if as_json:
+        print(json.dumps([attrs.asdict(report) for report in reports], indent=2))
+    for report in reports if not as_json else ():
+        package = f" ({report.distribution} {report.version})" if report.distribution else ""
+        print(f"{report.name}  {report.target}{package}")
+        if report.error:
+            print(f"  error: {report.error}")
+            continue
+        print(f"  hooks: {', '.join(report.hooks) or 'none'}")
+        provides = ", ".join(report.provides) or "nothing (an optional library not installed?)"
+        print(f"  provides: {provides}")
+    broken = sum(report.error is not None for report in reports)
+    if broken:
+        print(f"{broken} of the plugins can't be used: see their errors above", file=sys.stderr)
+    return 1 if broken else 0

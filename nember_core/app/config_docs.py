@@ -1,11 +1,12 @@
-"""config/nember.yaml and the README's config table, rendered from the declarations.
+"""config/nember.yaml, the README's config tables and the site's config page (docs/config.md),
+rendered from the declarations.
 
 Every key's default and doc is declared once, where the key is: ``setting(...)`` in
 ``nember_core.config``, ``attrs.field(metadata={"doc": ...})`` in a plugin's options class.
 A role's section shows its default plugin's keys.
 
-``python -m nember_core.app.config_docs --write`` rewrites both; without ``--write`` it prints
-them. ``tests/units/test_config_docs.py`` fails when either is out of date.
+``python -m nember_core.app.config_docs --write`` rewrites all three; without ``--write`` it
+prints them. ``tests/units/test_config_docs.py`` fails when any is out of date.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 import attrs
 import yaml
 
-from nember_core.config import TOP_LEVEL, Config, PluginSection
+from nember_core.config import ROLES, TOP_LEVEL, Config, PluginSection
 from nember_core.plugins import collect_providers, plugin_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML_FILE = Path("config") / "nember.yaml"
 README = Path("README.md")
+DOCS_PAGE = Path("docs") / "config.md"
 TABLE_START, TABLE_END = "<!-- config-table:start -->", "<!-- config-table:end -->"
 PLUGINS_START, PLUGINS_END = "<!-- plugin-options:start -->", "<!-- plugin-options:end -->"
 
@@ -37,7 +39,7 @@ HEADER = """\
 """
 # This file sits in config/, and relative paths resolve against it: ../var is the project's
 # var/, where `nember demo` run from the project's folder (which finds this file) keeps it.
-FILE_VALUES = {("data_dir",): "../var"}
+FILE_VALUES: dict[tuple[str, ...], str] = {("data_dir",): "../var"}
 COMMENT_COLUMN = 40
 
 
@@ -104,9 +106,12 @@ def _strip_none(tp: Any) -> Any:
 
 
 def _default(field: attrs.Attribute) -> Any:
-    if isinstance(field.default, attrs.Factory):
-        return field.default.factory()
-    return field.default
+    default: Any = field.default
+    # attrs' stubs declare Factory a function (so that ``x: list[int] = Factory(list)``
+    # type-checks); it is the class of a factory default.
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory()
+    return default
 
 
 def _yaml_value(value: Any) -> str:
@@ -136,20 +141,28 @@ def render_yaml(providers: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_table(providers: dict[str, dict[str, Any]]) -> str:
-    """The README's config reference: a row per key that takes a value."""
+def _cell(text: str, site: bool) -> str:
+    """Prose for a table cell: a pipe would end the cell; on the site, ``[A][B]`` (a URL's
+    optional parts) would be taken for a cross-reference, so its brackets are escaped."""
+    text = text.replace("|", r"\|")
+    return text.replace("[", r"\[") if site else text
+
+
+def render_table(providers: dict[str, dict[str, Any]], site: bool = False) -> str:
+    """The README's config reference: a row per key that takes a value (``site``: for the
+    site's page, see :func:`_cell`)."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for key in config_keys(providers):
         if key.section:
             continue
         unset = key.unset or key.default is None or key.default is attrs.NOTHING
         default = "none" if unset else f"`{_yaml_value(key.default)}`"
-        meaning = (key.context or key.doc).replace("|", r"\|")  # a pipe would end the cell
+        meaning = _cell(key.context or key.doc, site)
         rows.append(f"| `{'.'.join(key.path)}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 
-def render_plugin_table(providers: dict[str, dict[str, Any]]) -> str:
+def render_plugin_table(providers: dict[str, dict[str, Any]], site: bool = False) -> str:
     """The keys of the installed plugins that are no role's default (PostgreSQL, Redis...),
     a row per key; a plugin that serves several roles with the same keys is listed once."""
     serves: dict[tuple[str, type], list[str]] = {}
@@ -163,8 +176,60 @@ def render_plugin_table(providers: dict[str, dict[str, Any]]) -> str:
             default = ("required" if key.default is attrs.NOTHING
                        else "none" if key.default is None else f"`{_yaml_value(key.default)}`")
             rows.append(f"| `{name}` | {', '.join(roles)} | `{'.'.join(key.path)}` | {default} "
-                        f"| {key.doc.replace('|', chr(92) + '|')} |")
+                        f"| {_cell(key.doc, site)} |")
     return "\n".join(rows) + "\n"
+
+
+PAGE_INTRO = """\
+# Config reference
+
+Nember reads one YAML file: the one `--config FILE` names (every command takes it), else the
+file `$NEMBER_CONFIG` names, else `config/nember.yaml` or `nember.yaml` in the current folder,
+else the per-user `~/.config/nember/nember.yaml`. `config/nember.yaml` is the embedded default
+(SQLite files and models on the local disk), shown in full at the end of this page. Every key
+is optional. Relative paths resolve against the config file's folder. Unknown keys, wrong
+types and plugins that are not installed stop start-up with one line naming the file and the
+key.
+
+Each storage role (`key_store`, `billing`, `model_store`, `connection_registry`, `jobs`) has a
+section whose `plugin` key picks the plugin that serves it; the section's other keys are that
+plugin's own. Generated from the keys' declarations (`nember_core/config.py`, the plugins'
+options classes) by `python -m nember_core.app.config_docs --write`: edit those, not this page.
+"""
+
+
+def render_roles_table(providers: dict[str, dict[str, Any]]) -> str:
+    """The installed plugins of each role, its default first."""
+    rows = ["| role | plugins |", "|---|---|"]
+    for role in ROLES:
+        by_default = sorted(providers.get(role, {}).values(), key=lambda p: (not p.default, p.name))
+        names = [f"`{p.name}`" + (" (default)" if p.default else "") for p in by_default]
+        rows.append(f"| `{role}` | {', '.join(names) or 'none installed'} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_page(providers: dict[str, dict[str, Any]]) -> str:
+    """docs/config.md: the intro, the README's tables, and config/nember.yaml in full."""
+    return "\n".join([
+        PAGE_INTRO,
+        "## Every key\n",
+        "A role's `plugin` row says what the role keeps; the keys below it are those of its "
+        "default plugin.\n",
+        render_table(providers, site=True),
+        "## The plugins of each role\n",
+        "The plugins installed where this page was generated; a third-party package may add "
+        "more (see the [plugin author's guide](plugins.md)).\n",
+        render_roles_table(providers),
+        "## The other plugins' keys\n",
+        "The keys of the plugins that are no role's default, beside `plugin:` in the role's "
+        "section. A plugin that serves several roles takes the same keys in each; one not "
+        "listed here takes none.\n",
+        render_plugin_table(providers, site=True),
+        "## config/nember.yaml\n",
+        "The embedded default: every key with its default, its meaning as a comment; a "
+        "commented-out key is unset.\n",
+        f"```yaml\n{render_yaml(providers)}```",
+    ]) + "\n"
 
 
 def replace_table(readme: str, table: str, start_marker: str = TABLE_START,
@@ -177,29 +242,35 @@ def replace_table(readme: str, table: str, start_marker: str = TABLE_START,
 
 
 def write(root: Path, providers: dict[str, dict[str, Any]]) -> None:
-    """Rewrite ``root``'s config/nember.yaml and README tables (none, if a marker is gone)."""
+    """Rewrite ``root``'s config/nember.yaml, README tables and docs/config.md (none of them,
+    if a README marker is gone)."""
     readme = replace_table((root / README).read_text(encoding="utf-8"), render_table(providers))
     readme = replace_table(readme, render_plugin_table(providers), PLUGINS_START, PLUGINS_END)
     (root / YAML_FILE).write_text(render_yaml(providers), encoding="utf-8")
     (root / README).write_text(readme, encoding="utf-8")
+    (root / DOCS_PAGE).parent.mkdir(exist_ok=True)
+    (root / DOCS_PAGE).write_text(render_page(providers), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nember_core.app.config_docs",
-        description="Render config/nember.yaml and the README's config table.",
+        description="Render config/nember.yaml, the README's config tables and docs/config.md.",
     )
     parser.add_argument("--write", action="store_true",
-                        help="rewrite config/nember.yaml and the table in README.md")
+                        help="rewrite config/nember.yaml, the tables in README.md and "
+                             "docs/config.md")
     args = parser.parse_args(argv)
     providers = collect_providers(plugin_manager())
     if args.write:
         write(ROOT, providers)
-        print(f"wrote {ROOT / YAML_FILE} and the config table of {ROOT / README}")
+        print(f"wrote {ROOT / YAML_FILE}, the config tables of {ROOT / README} and "
+              f"{ROOT / DOCS_PAGE}")
     else:
         print(render_yaml(providers))
         print(render_table(providers))
-        print(render_plugin_table(providers), end="")
+        print(render_plugin_table(providers))
+        print(render_page(providers), end="")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``nember demo``: a sample account, key and models on the embedded default, then serve.
 
 Everything is made once and reused on the next run: the sample price series, the models
-(every installed family, ``class`` and ``reg``, window 2 over ``point1`` and ``point2``), the
+(every installed family Nember trains, ``class`` and ``reg``, window 2 over ``point1`` and
+``point2``; families whose models are imported, such as ONNX, have none), the
 account and its key. The key is kept in ``data_dir/demo-credentials.json`` (mode 0600) so the
 demo can print it again; real keys are only ever stored hashed.
 """
@@ -80,7 +81,9 @@ async def prepare(nember: Nember, services: Services) -> dict[str, str]:
         tmp.write_text(json.dumps(credentials, indent=2))
         os.replace(tmp, store)
 
-    for family in sorted(nember.families):
+    trained = sorted(name for name, family in nember.families.items()
+                     if getattr(family, "trainable", True))  # imported families: no demo
+    for family in trained:
         for model_type, target in (("class", "direction"), ("reg", "next_return")):
             if await services.models.latest(ModelKey(account.id, STRAT, family, model_type)):
                 continue
@@ -108,7 +111,8 @@ def banner(credentials: dict[str, str], url: str) -> str:
         f"Nember demo is serving {url}",
         f"  account: {credentials['email']} (password: {credentials['password']})",
         f"  API key: {key}",
-        f"  models:  strategy {STRAT!r}, every installed family, class and reg, window 2",
+        f"  models:  strategy {STRAT!r}, every installed family it trains, class and reg, "
+        "window 2",
         "",
         f"Dashboard: {site}  (log in with the account above)",
         "",

@@ -38,7 +38,7 @@ def create_app(nember: Nember) -> web.Application:
     if nember.config.server.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(nember.config.server.trusted_proxies))
     app = web.Application(middlewares=middlewares)
-    state: dict[str, object] = {}
+    state: dict[str, Gateway] = {}
 
     async def lifecycle(app: web.Application):
         # Whatever opened before a failure is closed again: an SQLite connection left open

@@ -21,6 +21,7 @@ import shutil
 import signal
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 import structlog
@@ -60,7 +61,7 @@ def supervise(nember: Nember, host: str, port: int, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
     base = config.server.node or os.uname().nodename
     # Each worker, and the end of a pipe it writes to once it listens.
-    running: dict[int, tuple[multiprocessing.Process, Connection]] = {}
+    running: dict[int, tuple[SpawnProcess, Connection]] = {}
     stopping = False
 
     def start(index: int) -> None:
@@ -80,7 +81,8 @@ def supervise(nember: Nember, host: str, port: int, workers: int) -> None:
         nonlocal stopping
         stopping = True
         for process, _ in running.values():
-            if process.is_alive():
+            # pid is None only before start(): every process in ``running`` has started.
+            if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +108,9 @@ def supervise(nember: Nember, host: str, port: int, workers: int) -> None:
             killed = True
             continue
         for sentinel in ready:
-            index = by_sentinel[sentinel]
+            # typeshed's wait() returns any of the kinds it accepts; it returns some of the
+            # objects it was given, here sentinels (ints).
+            index = by_sentinel[sentinel]  # type: ignore[index]
             process, listening = running.pop(index)
             process.join()
             served = _listened(listening)

@@ -17,13 +17,13 @@ from nember_core.stores import Stores
 from .accounts import Accounts
 from .connections import Connections
 from .keys import Keys
-from .models import Models, TrainingRequest
+from .models import ImportRequest, Models, TrainingRequest, class_labels
 from .usage import UsageReports
 
 if TYPE_CHECKING:
     from nember_core.training.jobs import TrainingJobs
 
-__all__ = ["Services", "TrainingRequest"]
+__all__ = ["ImportRequest", "Services", "TrainingRequest", "class_labels"]
 
 
 class Services:

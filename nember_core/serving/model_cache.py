@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 
 from nember_core.metrics import FIGURES
-from nember_core.plugin_api import ModelFamily, ModelStore, RowPredictor
+from nember_core.plugin_api import ModelFamily, ModelStore, RowPredictor, TreeEnsemble
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.trees.compiler import TreeCompiler
 
@@ -122,11 +122,15 @@ class LoadedModel:
         self._trained_epoch = meta.trained_at.timestamp()
 
     def probabilities(self, row: np.ndarray) -> tuple[Any, dict[str, float]]:
-        """The most probable label, and each label's probability (labels as strings)."""
-        found = self.proba(row)
+        """The most probable label, and each label's probability (labels as strings).
+
+        Only for a class model with a ``proba`` (the session checks both first), whose meta
+        has its ``classes``: neither ``proba`` nor ``_label_names`` is None here, which their
+        types can't say (hence the two ignores, rather than checks on the per-frame path)."""
+        found = self.proba(row)  # type: ignore[misc]
         values = found.tolist() if type(found) is np.ndarray else [float(p) for p in found]
         best = max(range(len(values)), key=values.__getitem__)  # the first, on a tie
-        return self.label(best), dict(zip(self._label_names, values, strict=True))
+        return self.label(best), dict(zip(self._label_names, values, strict=True))  # type: ignore[arg-type]
 
     def details(self, row: np.ndarray) -> tuple[dict[str, Any], bool | None]:
         """The answer's ``model`` object, and whether ``row`` lies inside the ranges the
@@ -298,7 +302,8 @@ class ModelCache:
             entry = self._install(loaded)
             if not compile_later:
                 return entry
-            task = asyncio.create_task(self._compile(family, loaded, entry, width))
+            task = asyncio.create_task(
+                self._compile(self._compiler, family, loaded, ensemble, entry, width))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return entry
@@ -399,11 +404,13 @@ class ModelCache:
         except Exception as exc:  # the store away: the next refresh tries again
             log.error("model.swap_failed", family=_cut(key.family), error=_cut(repr(exc)))
 
-    async def _compile(self, family: ModelFamily, loaded: Loaded, entry: LoadedModel,
-                       width: int) -> None:
+    async def _compile(self, compiler: TreeCompiler, family: ModelFamily, loaded: Loaded,
+                       ensemble: TreeEnsemble, entry: LoadedModel, width: int) -> None:
+        """Compile ``loaded``'s trees (its ``ensemble``), then serve them in ``entry``'s
+        place if it is still the one served."""
         key = loaded.meta.key
         try:
-            native = await self._compiler.compile(loaded.ensemble, width)
+            native = await compiler.compile(ensemble, width)
             if native is None or self._entries.get(key) is not entry:
                 return
             # A new predictor on the compiled trees, built and measured in a thread while

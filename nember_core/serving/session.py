@@ -8,7 +8,7 @@ whose failed load is due for another try) is handed back to the caller as the ke
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal, final, overload
 
 import structlog
 
@@ -47,6 +47,9 @@ class RateLimiter:
         return True
 
 
+# The waiting kinds below (and ModelKey) are final: they are told apart with ``type(x) is C``,
+# which the type checker narrows in both branches only for classes that can't be subclassed.
+@final
 class Pending:
     """A request whose prediction comes with a batch; the rest of its answer is ready."""
 
@@ -57,6 +60,7 @@ class Pending:
         self.seq, self.new, self.request_id = seq, new, request_id
 
 
+@final
 class VersionToLoad:
     """A request for a version by number that must be loaded first."""
 
@@ -81,9 +85,10 @@ class PredictionSession:
             f"(bursts of {limiter.burst:g}) on one connection; slow down."
         )
 
-    def answer(self, data: str | bytes, is_text: bool) -> bytes | ModelKey | Pending:
-        """Answer the next request frame; or return what to wait for first (the ModelKey to
-        load, or a prediction in a batch): then ``complete`` gives the answer."""
+    def answer(self, data: str | bytes,
+               is_text: bool) -> bytes | ModelKey | VersionToLoad | Pending:
+        """Answer the next request frame; or return what to wait for first (the ModelKey or
+        version to load, or a prediction in a batch): then ``complete`` gives the answer."""
         self.seq += 1
         self.conn.last_request_at = time.time()
         if not self.limiter.allow():
@@ -104,9 +109,10 @@ class PredictionSession:
                 await self.cache.load(waiting)
             else:
                 await self.cache.load_version(waiting.key, waiting.version)
-            waiting = self._answer(data, may_load=False)  # once: the lookup is now cached
-            if type(waiting) is bytes:
-                return waiting
+            answered = self._answer(data, may_load=False)  # once: the lookup is now cached
+            if type(answered) is not Pending:
+                return answered
+            waiting = answered
         try:
             raw = await waiting.future
             prediction = waiting.model.label(raw)
@@ -120,7 +126,18 @@ class PredictionSession:
         FIGURES.count_prediction(*waiting.model.kind)
         return protocol.success(waiting.seq, waiting.new, prediction, waiting.request_id)
 
-    def _answer(self, data: str | bytes, may_load: bool) -> bytes | ModelKey | Pending:
+    @overload
+    def _answer(self, data: str | bytes, may_load: Literal[False]) -> bytes | Pending: ...
+
+    @overload
+    def _answer(self, data: str | bytes,
+                may_load: bool) -> bytes | ModelKey | VersionToLoad | Pending: ...
+
+    def _answer(self, data: str | bytes,
+                may_load: bool) -> bytes | ModelKey | VersionToLoad | Pending:
+        """The answer, or what to wait for first. Without ``may_load`` nothing is handed back
+        to load (``_extended`` and ``_unavailable`` answer an error instead): bytes or a
+        ``Pending``, as the first overload says."""
         request_id: Any = protocol.NO_ID
         try:
             request = protocol.parse(data)
@@ -200,7 +217,8 @@ class PredictionSession:
     @staticmethod
     def _pinned_miss(miss: PinnedMiss, version: int) -> str:
         if miss.reason == "no_version":
-            return protocol.no_such_version(version, miss.newest)
+            # ``newest`` is known whenever the reason is "no_version" (the cache sets both).
+            return protocol.no_such_version(version, miss.newest)  # type: ignore[arg-type]
         return protocol.NOT_FOUND if miss.reason == "no_model" else protocol.LOAD_FAILED
 
     def _is_new(self, key: ModelKey, model) -> bool:

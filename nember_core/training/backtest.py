@@ -31,6 +31,8 @@ def positions(model_type: str, guesses: np.ndarray, classes: tuple | None) -> np
     """The position of each prediction; None when no class label says long or short."""
     if model_type == "reg":
         return np.sign(guesses.astype(np.float64))
+    if classes is None:  # a class model always has its labels; without them, none says so
+        return None
     table = np.array([label_position(label) for label in classes], dtype=np.float64)
     if not table.any():
         return None

@@ -97,7 +97,7 @@ def walk_forward(family: ModelFamily, fit: Fit, X: np.ndarray, y: np.ndarray,
             evaluation["notes"].append(f"fold {fold.number}: fewer than {MIN_TRAIN} samples "
                                        "to train on: skipped")
             continue
-        if model_type == "class" and len(np.unique(train_y)) < len(classes):
+        if model_type == "class" and len(np.unique(train_y)) < len(classes or ()):
             evaluation["notes"].append(f"fold {fold.number}: a class is missing from its "
                                        "training span: skipped")
             continue

@@ -504,11 +504,11 @@ class TrainingJobs:
 
     def _forget_old(self) -> None:
         finished = sorted(
-            (job for job in self._jobs.values()
+            ((job.finished_at, job) for job in self._jobs.values()
              if job.finished_at is not None and job.id not in self._unreported),
-            key=lambda job: job.finished_at,
+            key=lambda pair: pair[0],
         )
-        for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+        for _, job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._jobs[job.id]
             self._lost.discard(job.id)
 

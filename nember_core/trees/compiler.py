@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def unavailable_reason() -> str | None:
 class TreeCompiler:
     def __init__(self, directory: Path):
         self._directory = directory
-        self._pool = None  # started by the first compile: most servers restart into a cache
+        # Started by the first compile: most servers restart into a cache.
+        self._pool: ProcessPoolExecutor | None = None
         self._running: dict[Path, asyncio.Future] = {}
         self._failed: set[Path] = set()
         self.unavailable = unavailable_reason()

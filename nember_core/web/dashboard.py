@@ -79,8 +79,8 @@ async def signup(request: web.Request) -> web.Response:
 async def session(request: web.Request) -> web.Response:
     """Who is logged in (and the CSRF token the page needs), or 401."""
     token = request.cookies.get(sessions.COOKIE)
-    account = token and await services(request).accounts.session(token)
-    if not account:
+    account = await services(request).accounts.session(token) if token else None
+    if not token or not account:
         return web.json_response(
             {"error": "Not logged in.",
              "allow_signup": request.app[CONTEXT].config.dashboard.allow_signup},

@@ -12,7 +12,8 @@ async def list_families(request: web.Request) -> web.Response:
     await caller(request)
     families = services(request).models.families
     return items([
-        {"name": name, "library_version": family.library_version}
+        {"name": name, "library_version": family.library_version,
+         "trainable": getattr(family, "trainable", True)}
         for name, family in sorted(families.items())
     ])
 

@@ -49,7 +49,8 @@ def forwarded_middleware(proxies: Iterable[str]):
     async def middleware(request: web.Request, handler):
         remote = client_address(request.remote, request.headers.get("X-Forwarded-For"),
                                 trusted)
-        if remote != request.remote:
+        # Never None here: client_address gives None only for a request without an address.
+        if remote is not None and remote != request.remote:
             request = request.clone(remote=remote)
         return await handler(request)
 

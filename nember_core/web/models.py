@@ -1,4 +1,5 @@
-"""``/api/models`` and ``/api/jobs``: list, train from an uploaded CSV, follow, delete."""
+"""``/api/models`` and ``/api/jobs``: list, train from an uploaded CSV, import a model trained
+elsewhere, follow, delete."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from nember_core.records import ModelMeta, TrainingJob
-from nember_core.services import TrainingRequest
+from nember_core.services import ImportRequest, TrainingRequest, class_labels
 
 from .auth import caller
 from .context import CONTEXT, iso, items, services
@@ -179,6 +180,69 @@ def _training_request(fields: dict[str, str], path) -> TrainingRequest:
                            data_label="the CSV")
 
 
+IMPORT_FIELDS = ("strat", "model", "type", "features", "window", "classes", "target")
+
+
+async def import_model(request: web.Request) -> web.Response:
+    """A model file trained elsewhere (multipart: ``file`` and the fields), checked and
+    stored as the next version: 201 with the version, as ``GET /api/models`` lists it."""
+    me = await caller(request)
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "Send the model as multipart/form-data with the file as 'file'.")
+    limit = request.app[CONTEXT].config.server.max_upload_size
+    try:
+        artifact, fields = await _import_form(request, limit)
+    except (ValueError, UnicodeDecodeError, BadHttpMessage):
+        raise ApiError(400, "The body is not a valid multipart/form-data form with UTF-8 "
+                            "fields.") from None
+    meta = await services(request).models.import_model(me.account_id,
+                                                       _import_request(fields, artifact))
+    return web.json_response(describe(meta, latest=True), status=201)
+
+
+async def _import_form(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    fields: dict[str, str] = {}
+    artifact = None
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):  # a form nested in the form
+            raise ApiError(400, "Send each form field as a plain part, not a nested form.")
+        if part.name == "file":
+            artifact = bytearray()
+            while chunk := await part.read_chunk(CHUNK):
+                artifact += chunk
+                if len(artifact) > limit:
+                    raise ApiError(413, f"The model file is larger than the limit of {limit} "
+                                        "bytes.")
+        elif part.name in IMPORT_FIELDS:
+            fields[part.name] = (await part.text()).strip()
+        else:
+            shown = repr(part.name) if part.name else "without a name"
+            raise ApiError(422, f"Unknown form field {shown}; expected 'file' and "
+                                f"{', '.join(repr(f) for f in IMPORT_FIELDS)}.")
+    if artifact is None:
+        raise ApiError(422, "The model file is missing: send it as the form field 'file'.")
+    return bytes(artifact), fields
+
+
+def _import_request(fields: dict[str, str], artifact: bytes) -> ImportRequest:
+    """The form's fields as a request; the service layer checks the rest."""
+    for name in ("strat", "model", "type", "features"):
+        if not fields.get(name):
+            raise ApiError(422, f"The form field {name!r} is required.")
+    try:
+        window = int(fields.get("window") or 1)
+    except ValueError:
+        raise ApiError(422, "'window' must be a whole number.") from None
+    features = [name.strip() for name in fields["features"].split(",") if name.strip()]
+    classes = class_labels(fields["classes"]) if fields.get("classes") else None
+    return ImportRequest(strat=fields["strat"], family=fields["model"],
+                         model_type=fields["type"], artifact=artifact, features=features,
+                         window=window, classes=classes,
+                         target=fields.get("target") or "imported",
+                         label="the uploaded file")
+
+
 def job_json(job: TrainingJob) -> dict:
     return {
         "id": job.id,
@@ -211,6 +275,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/models", list_models)
     router.add_post("/api/models", train_model)
+    router.add_post("/api/models/import", import_model)
     router.add_delete("/api/models/{id}", delete_model)
     router.add_get("/api/jobs/{id}", get_job)
     router.add_delete("/api/jobs/{id}", cancel_job)

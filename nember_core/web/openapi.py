@@ -164,6 +164,34 @@ PATHS = {
                                                        "or target are still empty"}}}}}},
                  "responses": {"202": _json(_ref("Job"), "The queued job"),
                                **_errors(400, 413, 422)}}},
+    "/api/models/import": {"post": {
+        "summary": "Import a model trained elsewhere (ONNX, XGBoost, LightGBM) and serve it",
+        "description": "The file is loaded and asked one row of zeros of the declared width "
+                       "(window x features, oldest data point first) before it is stored; "
+                       "a file that doesn't load or doesn't fit is refused (400), pickles "
+                       "too (loading them runs code).",
+        "requestBody": {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": ["file", "strat", "model", "type",
+                                                      "features"],
+                       "additionalProperties": False,  # others are refused, 422
+                       "properties": {
+                           "file": {"type": "string", "format": "binary", "description":
+                                    "An ONNX file (model ONNX), or the library's own model "
+                                    "file (XGBoost JSON or UBJSON, LightGBM text)"},
+                           "strat": NAME, "model": {"type": "string", "minLength": 1},
+                           "type": MODEL_TYPE,
+                           "features": {"type": "string", "minLength": 1, "description":
+                                        "Comma-separated, in the order of the model's input"},
+                           "window": {"type": "integer", "default": 1, "minimum": 1,
+                                      "maximum": rules.MAX_WINDOW},
+                           "classes": {"type": "string", "description":
+                                       "Class models: the label of each class index, "
+                                       "comma-separated, in order (default: 0, 1, ...)"},
+                           "target": {**NAME, "default": "imported",
+                                      "description": "What the model predicts, for listings"},
+                       }}}}},
+        "responses": {"201": _json(_ref("Model"), "The stored version"),
+                      **_errors(400, 413, 422)}}},
     "/api/models/{id}": {"delete": {
         "summary": "Delete a version (model_id-vN) or a model with every version (model_id)",
         "parameters": ID_PARAM,
@@ -181,7 +209,9 @@ PATHS = {
         "summary": "The installed model families",
         "responses": {"200": _json({"type": "object", "required": ["items"], "properties": {
             "items": {"type": "array", "items": _all({
-                "name": {"type": "string"}, "library_version": {"type": "string"}})}}},
+                "name": {"type": "string"}, "library_version": {"type": "string"},
+                # False: its models are imported (POST /api/models/import), never trained.
+                "trainable": {"type": "boolean"}})}}},
             "Families"), **_errors()}}},
     "/api/connections": {"get": {
         "summary": "The account's live websocket connections",

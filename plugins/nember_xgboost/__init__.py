@@ -72,6 +72,10 @@ class XGBoostFamily:
     def loads(self, data: bytes, model_type: str):
         import xgboost
 
+        # XGBoost aborts the whole process on some inputs (empty bytes): only its JSON and
+        # UBJSON formats, both one object, reach it.
+        if not data.lstrip()[:1] == b"{":
+            raise ModelFileRejected("not an XGBoost model (JSON or UBJSON)")
         booster = xgboost.Booster(params={"nthread": 1})
         try:
             booster.load_model(bytearray(data))

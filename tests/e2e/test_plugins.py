@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -77,3 +80,21 @@ def test_first_party_plugins_are_registered_through_the_entry_point_group():
     names = {ep.value for ep in entry_points(group="nember")}
     assert {"nember_sqlite", "nember_local_disk", "nember_memory_registry", "nember_sklearn",
             "nember_xgboost", "nember_lightgbm"} <= names
+
+
+def test_the_example_plugin_passes_its_own_tests_with_the_testing_kit(tmp_path):
+    """As its author would: pip installs the package (entry point and all), and its own
+    `pytest` runs the kit's family contract and its server test, in its own pytest config."""
+    project, site = tmp_path / "nember-baseline", tmp_path / "site"
+    shutil.copytree(ROOT / "examples/plugin", project)  # the build leaves files beside it
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(site), str(project)], check=True, timeout=600, capture_output=True)
+    shutil.rmtree(project / "nember_baseline")  # the tests must use the installed package
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v"],
+                         cwd=project, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for test in ("TestBaseline::test_a_pickle_is_refused_and_never_runs",
+                 "TestBaseline::test_it_is_trained_and_served_over_the_websocket",
+                 "test_a_bot_gets_the_mean_move_whatever_it_sends"):
+        assert re.search(rf"{test}\S* PASSED", run.stdout), f"{test} did not pass:\n{run.stdout}"

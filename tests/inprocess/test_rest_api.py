@@ -19,7 +19,7 @@ import pytest
 
 from nember_core.app.nember import Nember
 from nember_core.app.server import create_app
-from tests.harness import warmup_prices, write_config, write_prices
+from tests.harness import expected_families, warmup_prices, write_config, write_prices
 from tests.helpers import request, training_form
 
 from .conftest import ask, authed
@@ -543,10 +543,11 @@ async def test_families_lists_every_installed_family(api):
     families = await api.items("/families")
     names = [f["name"] for f in families]
     assert names == sorted(names)
-    assert {"DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
-            "XGBoost", "LightGBM"} <= set(names)
-    assert all(set(f) == {"name", "library_version"} and f["library_version"]
+    assert expected_families() <= set(names)
+    assert all(set(f) == {"name", "library_version", "trainable"} and f["library_version"]
                for f in families)
+    untrainable = {f["name"] for f in families if not f["trainable"]}
+    assert untrainable == ({"ONNX"} & set(names))  # imported, never trained
 
 
 # --- connections ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The config is documented once, where each key is declared: config/nember.yaml and the
-README's table are rendered from those declarations and say the same as the code."""
+"""The config is documented once, where each key is declared: config/nember.yaml, the
+README's tables and the site's config page are rendered from those declarations and say the
+same as the code."""
 
 from __future__ import annotations
 
@@ -72,6 +73,25 @@ def test_config_yaml_is_rendered_from_the_declarations(providers):
 
 def test_readme_table_is_rendered_from_the_declarations(providers):
     assert readme_table() == "\n" + config_docs.render_table(providers), REGENERATE
+
+
+def test_the_site_page_is_rendered_from_the_declarations(providers):
+    text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    assert text == config_docs.render_page(providers), REGENERATE
+
+
+def test_the_site_page_holds_the_tables_and_the_whole_yaml(providers):
+    page = config_docs.render_page(providers)
+    assert page.startswith("# Config reference\n")
+    assert config_docs.render_table(providers, site=True) in page
+    assert config_docs.render_plugin_table(providers, site=True) in page
+    # The README's tables, but for brackets the site's Markdown would read as a link.
+    assert "redis://\\[:PASSWORD@]HOST\\[:PORT]\\[/DB]" in page
+    assert "redis://[:PASSWORD@]HOST[:PORT][/DB]" in config_docs.render_plugin_table(providers)
+    assert f"```yaml\n{config_docs.render_yaml(providers)}```\n" in page
+    for role in ROLES:  # each role with its installed plugins, the default first
+        default = next(name for name, p in providers[role].items() if p.default)
+        assert re.search(rf"^\| `{role}` \| `{default}` \(default\)", page, re.M), role
 
 
 def test_every_setting_has_a_doc(providers):
@@ -155,7 +175,7 @@ def test_the_rendered_yaml_loads_as_the_defaults(providers, monkeypatch):
         assert section.options == (provider.options() if provider.options else None)
 
 
-def test_write_replaces_the_yaml_and_only_the_readme_tables(providers, tmp_path):
+def test_write_replaces_the_yaml_the_page_and_only_the_readme_tables(providers, tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "nember.yaml").write_text("stale: true\n")
     before, between, after = "# Title\n\ntext before\n\n", "\ntext between\n", "\ntext after\n"
@@ -164,6 +184,7 @@ def test_write_replaces_the_yaml_and_only_the_readme_tables(providers, tmp_path)
     (tmp_path / "README.md").write_text(before + stale + between + stale_plugins + after)
     config_docs.write(tmp_path, providers)
     assert (tmp_path / "config" / "nember.yaml").read_text() == config_docs.render_yaml(providers)
+    assert (tmp_path / "docs" / "config.md").read_text() == config_docs.render_page(providers)
     table = config_docs.render_table(providers)
     plugins = config_docs.render_plugin_table(providers)
     assert (tmp_path / "README.md").read_text() == (
@@ -171,9 +192,11 @@ def test_write_replaces_the_yaml_and_only_the_readme_tables(providers, tmp_path)
         f"{config_docs.PLUGINS_START}\n{plugins}{config_docs.PLUGINS_END}{after}"
     )
     (tmp_path / "README.md").write_text("no markers\n")
+    (tmp_path / "docs" / "config.md").write_text("stale\n")
     with pytest.raises(ValueError, match="config-table:start"):
         config_docs.write(tmp_path, providers)
     assert (tmp_path / "README.md").read_text() == "no markers\n"
+    assert (tmp_path / "docs" / "config.md").read_text() == "stale\n"  # nothing half-written
 
 
 def test_the_shared_stores_keys_are_documented_once_for_all_their_roles(providers):

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_test_the_security_page_names_exists():
     text = (ROOT / "docs" / "security.md").read_text()
-    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    named = re.findall(r"`((?:tests|nember_core/testing)/[\w/]+\.py)(?:::(\w+))?`", text)
     assert len(named) >= 15
     for path, test in named:
         source = (ROOT / path).read_text()

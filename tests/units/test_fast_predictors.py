@@ -11,6 +11,7 @@ import pytest
 
 from nember_core.plugin_api import Tree, TreeEnsemble
 from nember_core.plugins import collect_families, plugin_manager
+from tests.harness import needs_family
 from tests.synthetic import dataset
 
 FAMILIES = collect_families(plugin_manager())
@@ -34,7 +35,8 @@ def cases():
             for target in TARGETS:
                 if params.get("objective") == "reg:logistic" and target != "reg":
                     continue
-                yield pytest.param(family, target, params, id=f"{family}-{target}-{params}")
+                yield pytest.param(family, target, params, id=f"{family}-{target}-{params}",
+                                   marks=needs_family(family))
 
 
 @pytest.mark.parametrize("family_name,target,params", list(cases()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import pickle
 import zipfile
 
 import numpy as np
@@ -71,16 +70,6 @@ def _fit(family_name, model_type="class"):
     return family, family.fit(X, y, model_type, {})
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_round_trip_through_the_file_format(name):
-    family, model = _fit(name)
-    loaded = family.loads(family.dumps(model), "class")
-    X = np.random.default_rng(1).normal(size=(5, 3))
-    assert list(family.predict(loaded, "class", X)) == list(family.predict(model, "class", X))
-    row = X[:1]
-    assert family.predictor(loaded, "class").one(row) == family.predict(model, "class", row)[0]
-
-
 def test_a_skops_file_naming_a_foreign_type_is_refused():
     family, model = _fit("DecisionTree")
     data = family.dumps(model)
@@ -98,11 +87,8 @@ def test_a_skops_file_naming_a_foreign_type_is_refused():
         family.loads(out.getvalue(), "class")
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_a_pickle_is_never_loaded(name):
-    family, model = _fit(name)
-    with pytest.raises(ModelFileRejected):
-        family.loads(pickle.dumps(model), "class")
+# Every family's round trip and refusal of pickles: the family contract
+# (tests/units/test_family_contract.py).
 
 
 def test_a_model_of_the_wrong_type_is_refused():

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import attrs
 import pytest
+
+# The postgres extra is optional (tox -e minimal runs without it).
+asyncpg = pytest.importorskip("asyncpg")
+
 import structlog
 from nember_postgres import billing as pg_billing
 from nember_postgres import db as pg_db

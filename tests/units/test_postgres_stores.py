@@ -10,8 +10,11 @@ import asyncio
 import time
 from decimal import Decimal
 
-import asyncpg
 import pytest
+
+# The postgres extra is optional (tox -e minimal runs without it).
+asyncpg = pytest.importorskip("asyncpg")
+
 from nember_postgres.billing import PostgresBillingLedger
 from nember_postgres.job_board import LOST, ORPHANED_AFTER, PostgresJobBoard
 from nember_postgres.key_store import PostgresKeyStore

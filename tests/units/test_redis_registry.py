@@ -14,8 +14,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nember_redis.registry
 import pytest
+
+# The redis extra is optional (tox -e minimal runs without it).
+pytest.importorskip("redis")
+
+import nember_redis.registry
 from nember_redis import RedisOptions, nember_connection_registries
 from nember_redis.registry import STALE_AFTER, RedisConnectionRegistry
 

@@ -208,6 +208,7 @@ async function showModels() {
   const nav = state.nav;
   const [models, families] = await Promise.all([api("GET", "/api/models"), api("GET", "/api/families")]);
   if (stale(nav)) return;
+  const trainable = families.items.filter((f) => f.trainable);
   const byStrat = new Map();  // a strategy may be named "toString" or "__proto__"
   for (const m of models.items) {
     if (!byStrat.has(m.strat)) byStrat.set(m.strat, []);
@@ -215,7 +216,7 @@ async function showModels() {
   }
   main.innerHTML = html`
     <h1>Models</h1>
-    <p class="lead">Train a model from your time-ordered data; bots then ask for it by strategy, family and type.</p>
+    <p class="lead">Train a model from your time-ordered data, or import one trained elsewhere; bots then ask for it by strategy, family and type.</p>
     <section class="card" aria-labelledby="train-title">
       <h2 id="train-title">Train a model</h2>
       <div class="field"><label for="csv-file">CSV file (oldest row first, one header row)</label>
@@ -226,7 +227,7 @@ async function showModels() {
           <div class="field"><label for="strat">Strategy</label><input id="strat" name="strat" required value="example_strategy" maxlength="200"></div>
           <div class="field"><label for="target">Target column</label><select id="target" name="target"></select></div>
           <div class="field"><label for="family">Model family</label><select id="family" name="model">
-            ${families.items.map((f) => raw(html`<option value="${f.name}">${f.name}</option>`))}</select></div>
+            ${trainable.map((f) => raw(html`<option value="${f.name}">${f.name}</option>`))}</select></div>
           <div class="field"><label for="type">Type</label><select id="type" name="type">
             <option value="class">class (classification)</option><option value="reg">reg (regression)</option></select></div>
           <div class="field"><label for="window">Window (data points per sample)</label><input id="window" name="window" type="number" min="1" max="1000" value="1"></div>
@@ -245,9 +246,32 @@ async function showModels() {
       </form>
       <div id="job" aria-live="polite"></div>
     </section>
+    <section class="card" aria-labelledby="import-title">
+      <h2 id="import-title">Import a model</h2>
+      <p class="muted">A model trained elsewhere: an ONNX file (converted with the ZipMap off), an XGBoost JSON or UBJSON file, or a LightGBM text model. Its input is one row of window × features numbers, the oldest data point first, each point's features in the order given. Pickle and joblib files are refused: loading them runs code.</p>
+      <form id="import-form">
+        <div class="field"><label for="import-file">Model file</label>
+          <input id="import-file" name="file" type="file" accept=".onnx,.json,.ubj,.txt" required></div>
+        <div class="fields mt">
+          <div class="field"><label for="import-strat">strat_name bots will send</label><input id="import-strat" name="strat" required value="example_strategy" maxlength="200"></div>
+          <div class="field"><label for="import-family">Family of the file</label><select id="import-family" name="model">
+            ${families.items.map((f) => raw(html`<option value="${f.name}" ${f.name === "ONNX" ? raw("selected") : ""}>${f.name}</option>`))}</select></div>
+          <div class="field"><label for="import-type">Model type</label><select id="import-type" name="type">
+            <option value="class">class (classification)</option><option value="reg">reg (regression)</option></select></div>
+          <div class="field"><label for="import-window">Data points per request</label><input id="import-window" name="window" type="number" min="1" max="1000" value="1"></div>
+        </div>
+        <div class="fields mt">
+          <div class="field"><label for="import-features">Features, in the model's input order</label><input id="import-features" name="features" required placeholder="point1,point2"></div>
+          <div class="field"><label for="import-classes">Class labels by index (optional)</label><input id="import-classes" name="classes" placeholder="down,up"></div>
+          <div class="field"><label for="import-target">What it predicts (optional)</label><input id="import-target" name="target" placeholder="imported" maxlength="200"></div>
+        </div>
+        <div class="row mt"><button type="submit" id="import-button">Import model</button></div>
+      </form>
+      <div id="import-result" aria-live="polite"></div>
+    </section>
     <section class="card" aria-labelledby="models-title">
       <h2 id="models-title">Your models</h2>
-      ${byStrat.size ? "" : raw('<p class="muted">No models yet: train one above.</p>')}
+      ${byStrat.size ? "" : raw('<p class="muted">No models yet: train or import one above.</p>')}
       ${[...byStrat].map(([strat, list]) => raw(html`
         <h3>Strategy <code>${strat}</code></h3>
         <div class="table-wrap"><table>
@@ -351,6 +375,25 @@ async function showModels() {
       }
       if (job.state === "failed") { box.innerHTML = html`<p class="error" role="alert">Training failed: ${job.error}</p>`; }
       else { toast(`Trained ${job.model} ${job.type} v${job.version}`); await showModels(); }
+    } catch (err) { box.innerHTML = html`<p class="error" role="alert">${err.message}</p>`; }
+    finally { button.disabled = false; }
+  };
+
+  document.getElementById("import-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const form = new FormData(e.target);
+    const body = new FormData();
+    body.append("file", form.get("file"), form.get("file").name);
+    for (const name of ["strat", "model", "type", "window", "features"]) body.append(name, form.get(name));
+    for (const name of ["classes", "target"]) if (form.get(name).trim()) body.append(name, form.get(name));
+    const button = document.getElementById("import-button");
+    button.disabled = true;
+    const box = document.getElementById("import-result");
+    box.innerHTML = "";
+    try {
+      const imported = await api("POST", "/api/models/import", body);
+      toast(`Imported ${imported.model} ${imported.type} v${imported.version}`);
+      await showModels();
     } catch (err) { box.innerHTML = html`<p class="error" role="alert">${err.message}</p>`; }
     finally { button.disabled = false; }
   };
