@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 from nember_core.config import Config
 from nember_core.plugin_api import ModelFamily
 from nember_core.stores import Stores
+from nember_core.training.importing import class_labels
 
 from .accounts import Accounts
 from .connections import Connections
 from .keys import Keys
-from .models import ImportRequest, Models, TrainingRequest, class_labels
+from .models import ImportRequest, Models, TrainingRequest
 from .usage import UsageReports
 
 if TYPE_CHECKING:

@@ -210,7 +210,7 @@ def read_csv(path: Path, target: str, features: list[str] | None,
             )
 
     X = np.array([[float(c) for c in columns[name]] for name in features], dtype=np.float64).T
-    y = [_label(c) for c in columns[target]]
+    y = [parse_label(c) for c in columns[target]]
     next_returns = None
     if returns is not None:
         if returns not in numeric:
@@ -223,7 +223,7 @@ def read_csv(path: Path, target: str, features: list[str] | None,
                    defaulted=defaulted, returns=next_returns)
 
 
-def _label(text: str) -> Any:
+def parse_label(text: str) -> Any:
     """A target cell as the user wrote it: an int, a float, or the string itself."""
     try:
         return int(text)

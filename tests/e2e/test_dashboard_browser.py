@@ -327,3 +327,55 @@ def test_the_page_fits_a_phone(open_page, site):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390  # no sideways scrolling of the page; wide tables scroll in their box
     shot(page, "usage-phone")
+
+
+def test_a_model_trained_elsewhere_is_imported_from_the_models_page(open_page, site, tmp_path):
+    """An ONNX classifier made with scikit-learn and skl2onnx, imported through the form, then
+    asked by a bot; a pickle is refused with the form's one-line error."""
+    import csv
+    import pickle
+
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    with site.prices.open() as rows:
+        table = list(csv.DictReader(rows))
+    X = np.array([[float(r["point1"]), float(r["point2"])] for r in table])
+    y = np.array([r["direction"] == "up" for r in table], dtype=int)  # index 0 down, 1 up
+    model = LogisticRegression().fit(X, y)
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(to_onnx(model, X[:1].astype(np.float32),
+                                  options={"zipmap": False}).SerializeToString())
+    pickled = tmp_path / "model.pkl"
+    pickled.write_bytes(pickle.dumps(model))
+
+    page = open_page(1200, 900)
+    log_in(page, site.base)
+    page.get_by_role("link", name="Models").click()
+    page.set_input_files("#import-file", str(pickled))
+    page.get_by_label("strat_name bots will send").fill("imported-browser")
+    page.get_by_label("Features, in the model's input order").fill("point1,point2")
+    page.get_by_label("Class labels by index (optional)").fill("down,up")
+    page.get_by_role("button", name="Import model").click()
+    expect(page.locator("#import-result")).to_contain_text("pickle files can run code")
+    expect(strategy_rows(page, "imported-browser")).to_have_count(0)
+
+    page.set_input_files("#import-file", str(onnx_file))
+    page.get_by_role("button", name="Import model").click()
+    rows = strategy_rows(page, "imported-browser")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("ONNX")
+    expect(rows.first).to_contain_text("point1, point2 × 1")
+    shot(page, "import")
+
+    key = run_cli(site.server.config, "keys", "create", "--account", EMAIL, "--name",
+                  "import-bot").stdout.strip().splitlines()[-1]
+    point = {"point1": 0.8, "point2": -0.3}
+    with connect(site.url) as ws:
+        authenticate(ws, key)
+        ws.send(json.dumps({"strat_name": "imported-browser", "model_name": "ONNX",
+                            "model_type": "class", "DataPoints": [point]}))
+        answer = json.loads(ws.recv(timeout=10))
+    want = ("down", "up")[int(model.predict([[point["point1"], point["point2"]]])[0])]
+    assert (answer["type"], answer["prediction"]) == ("success", want)

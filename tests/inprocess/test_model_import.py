@@ -30,7 +30,7 @@ from sklearn.tree import DecisionTreeClassifier
 from nember_core.app import cli
 from nember_core.errors import InvalidData, ModelFileRejected
 from nember_core.services import ImportRequest, TrainingRequest
-from nember_core.services import models as model_service
+from nember_core.training import importing
 from nember_core.training.dataset import read_csv, windowed
 
 from .conftest import EMAIL, ask, authed
@@ -380,7 +380,7 @@ async def test_a_library_crash_or_hang_is_one_error_and_the_server_lives_on(
     model = _onnx(LogisticRegression().fit(X, labels), X.shape[1])
     monkeypatch.setitem(services.models.families, "Crashing", CrashingFamily(name="Crashing"))
     monkeypatch.setitem(services.models.families, "Hanging", HangingFamily(name="Hanging"))
-    monkeypatch.setattr(model_service, "IMPORT_TIMEOUT", 3.0)
+    monkeypatch.setattr(importing, "IMPORT_TIMEOUT", 3.0)
     owner = await _account(services)
 
     def request(family: str) -> ImportRequest:
