@@ -143,7 +143,7 @@ async def inspect_apart(family: ModelFamily, model_type: str, artifact: bytes,
     except BrokenProcessPool:
         raise ModelFileRejected(f"{label}: the {family.name} library crashed loading it") \
             from None
-    except TimeoutError:
+    except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
         raise ModelFileRejected(f"{label}: loading it took over {IMPORT_TIMEOUT:g} s") \
             from None
     finally:

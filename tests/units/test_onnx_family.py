@@ -7,8 +7,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import onnx
 import pytest
+
+# The onnx extra is optional (tox -e minimal runs without it).
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
 from nember_onnx import OnnxFamily
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
@@ -20,6 +24,8 @@ from nember_core.plugins import installed_families
 from nember_core.testing import FamilyContract
 
 FAMILY = OnnxFamily()
+# Opset 17's IR version: older ONNX Runtimes (Python 3.10's) refuse the newest.
+IR_VERSION = 8
 LABELS = np.array(["down", "flat", "up"])
 
 
@@ -101,7 +107,7 @@ def test_a_rows_width_the_file_fixes_is_checked_by_predict():
 def _graph(nodes, outputs, inputs=None, initializers=(), opsets=None, functions=()):
     inputs = inputs or [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])]
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, functions=list(functions),
+    model = helper.make_model(graph, functions=list(functions), ir_version=IR_VERSION,
                               opset_imports=opsets or [helper.make_opsetid("", 17)])
     return model.SerializeToString()
 
@@ -249,8 +255,9 @@ def _strings_only() -> bytes:
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 2])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
         "X", TensorProto.FLOAT, [None, 2])], [labels, scores])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                     helper.make_opsetid("ai.onnx.ml", 1)])
+    model = helper.make_model(graph, ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("ai.onnx.ml", 1)])
     del model.graph.output[1]  # only the string labels left
     return model.SerializeToString()
 

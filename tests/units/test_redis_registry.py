@@ -194,6 +194,10 @@ async def _empty(listing) -> bool:
     return await listing == []
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_close_removes_the_instance_keys_at_once(pair, redis_url, redis_prefix):
     a, b = pair
     assert await a.add(conn("c1"), 5, Closer())
@@ -348,7 +352,9 @@ async def test_a_failed_remove_is_retried_before_its_keys_would_expire(tmp_path)
         server.start()
         b = await open_registry(server.url, "nember:", "b", heartbeat=heartbeat)
         _, took = await until(lambda: _empty(b.list("acct_1")), 10, "c1 unlisted")
-        assert took <= heartbeat + 1 and a._unremoved == {}
+        assert took <= heartbeat + 1
+        # The retry's bookkeeping follows its removal by a moment: other nodes may see it first.
+        await until(lambda: _true(not a._unremoved), 1, "the retry forgotten")
     finally:
         await a.close()
         if b is not None:
