@@ -107,39 +107,48 @@ async def train_model(request: web.Request) -> web.Response:
 
 
 async def _read_form(request: web.Request, path, limit: int) -> dict[str, str]:
+    with open(path, "wb") as out:
+        fields, got_data = await _multipart(request, "data", FIELDS, out.write, limit, "The CSV")
+    if not got_data:
+        raise ApiError(422, "The CSV file is missing: send it as the form field 'data'.")
+    return fields
+
+
+async def _multipart(request: web.Request, file_field: str, known: tuple[str, ...], sink,
+                     limit: int, what: str) -> tuple[dict[str, str], bool]:
+    """The form's text fields; the ``file_field`` part's bytes go to ``sink`` chunk by chunk,
+    at most ``limit`` of them. Also says whether that part came."""
     try:
-        return await _form_fields(request, path, limit)
+        return await _parts(request, file_field, known, sink, limit, what)
     # aiohttp's parser on a malformed body; BadHttpMessage: a part's header it can't read
     except (ValueError, UnicodeDecodeError, BadHttpMessage):
         raise ApiError(400, "The body is not a valid multipart/form-data form with UTF-8 "
                             "fields.") from None
 
 
-async def _form_fields(request: web.Request, path, limit: int) -> dict[str, str]:
+async def _parts(request: web.Request, file_field: str, known: tuple[str, ...], sink,
+                 limit: int, what: str) -> tuple[dict[str, str], bool]:
     fields: dict[str, str] = {}
-    got_data = False
+    got_file = False
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):  # a form nested in the form
             raise ApiError(400, "Send each form field as a plain part, not a nested form.")
-        if part.name == "data":
+        if part.name == file_field:
             size = 0
-            with open(path, "wb") as out:
-                while chunk := await part.read_chunk(CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise ApiError(413, f"The CSV is larger than the limit of {limit} bytes.")
-                    out.write(chunk)
-            got_data = True
-        elif part.name in FIELDS:
+            while chunk := await part.read_chunk(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"{what} is larger than the limit of {limit} bytes.")
+                sink(chunk)
+            got_file = True
+        elif part.name in known:
             fields[part.name] = (await part.text()).strip()
         else:
             shown = repr(part.name) if part.name else "without a name"
-            raise ApiError(422, f"Unknown form field {shown}; expected 'data' and "
-                                f"{', '.join(repr(f) for f in FIELDS)}.")
-    if not got_data:
-        raise ApiError(422, "The CSV file is missing: send it as the form field 'data'.")
-    return fields
+            raise ApiError(422, f"Unknown form field {shown}; expected {file_field!r} and "
+                                f"{', '.join(repr(f) for f in known)}.")
+    return fields, got_file
 
 
 def _training_request(fields: dict[str, str], path) -> TrainingRequest:
@@ -190,39 +199,14 @@ async def import_model(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Send the model as multipart/form-data with the file as 'file'.")
     limit = request.app[CONTEXT].config.server.max_upload_size
-    try:
-        artifact, fields = await _import_form(request, limit)
-    except (ValueError, UnicodeDecodeError, BadHttpMessage):
-        raise ApiError(400, "The body is not a valid multipart/form-data form with UTF-8 "
-                            "fields.") from None
-    meta = await services(request).models.import_model(me.account_id,
-                                                       _import_request(fields, artifact))
-    return web.json_response(describe(meta, latest=True), status=201)
-
-
-async def _import_form(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
-    fields: dict[str, str] = {}
-    artifact = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):  # a form nested in the form
-            raise ApiError(400, "Send each form field as a plain part, not a nested form.")
-        if part.name == "file":
-            artifact = bytearray()
-            while chunk := await part.read_chunk(CHUNK):
-                artifact += chunk
-                if len(artifact) > limit:
-                    raise ApiError(413, f"The model file is larger than the limit of {limit} "
-                                        "bytes.")
-        elif part.name in IMPORT_FIELDS:
-            fields[part.name] = (await part.text()).strip()
-        else:
-            shown = repr(part.name) if part.name else "without a name"
-            raise ApiError(422, f"Unknown form field {shown}; expected 'file' and "
-                                f"{', '.join(repr(f) for f in IMPORT_FIELDS)}.")
-    if artifact is None:
+    artifact = bytearray()
+    fields, got_file = await _multipart(request, "file", IMPORT_FIELDS, artifact.extend, limit,
+                                        "The model file")
+    if not got_file:
         raise ApiError(422, "The model file is missing: send it as the form field 'file'.")
-    return bytes(artifact), fields
+    meta = await services(request).models.import_model(me.account_id,
+                                                       _import_request(fields, bytes(artifact)))
+    return web.json_response(describe(meta, latest=True), status=201)
 
 
 def _import_request(fields: dict[str, str], artifact: bytes) -> ImportRequest:

@@ -130,13 +130,13 @@ def _check_node(node) -> None:
                                         "keeps its data in an external file")
 
 
-def _nodes(graph):
-    """Every node of ``graph`` and of the subgraphs in its nodes' attributes (If, Loop...)."""
+def _graphs(graph):
+    """The graph and every subgraph in its nodes' attributes (If, Loop...), at any depth."""
+    yield graph
     for node in graph.node:
-        yield node
         for attribute in node.attribute:
             for sub in _subgraphs(attribute):
-                yield from _nodes(sub)
+                yield from _graphs(sub)
 
 
 def _subgraphs(attribute):
@@ -145,16 +145,18 @@ def _subgraphs(attribute):
     yield from attribute.graphs
 
 
+def _nodes(graph):
+    for each in _graphs(graph):
+        yield from each.node
+
+
 def _tensors(graph):
-    """The graph's initializers (dense and sparse), its subgraphs' too."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in _subgraphs(attribute):
-                yield from _tensors(sub)
+    """The initializers (dense and sparse) of the graph and its subgraphs."""
+    for each in _graphs(graph):
+        yield from each.initializer
+        for sparse in each.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
 
 
 def _attribute_tensors(attribute):
