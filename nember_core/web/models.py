@@ -151,18 +151,29 @@ async def _parts(request: web.Request, file_field: str, known: tuple[str, ...], 
     return fields, got_file
 
 
-def _training_request(fields: dict[str, str], path) -> TrainingRequest:
-    """The form's fields as a request; the service layer checks the rest."""
-    for name in ("strat", "model", "type", "target"):
+def _require(fields: dict[str, str], names: tuple[str, ...]) -> None:
+    for name in names:
         if not fields.get(name):
             raise ApiError(422, f"The form field {name!r} is required.")
+
+
+def _window(fields: dict[str, str]) -> int:
     try:
-        window = int(fields.get("window") or 1)
+        return int(fields.get("window") or 1)
     except ValueError:
         raise ApiError(422, "'window' must be a whole number.") from None
-    features = None
-    if fields.get("features"):
-        features = [name.strip() for name in fields["features"].split(",") if name.strip()]
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names, as a form field gives them."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _training_request(fields: dict[str, str], path) -> TrainingRequest:
+    """The form's fields as a request; the service layer checks the rest."""
+    _require(fields, ("strat", "model", "type", "target"))
+    window = _window(fields)
+    features = _names(fields["features"]) if fields.get("features") else None
     try:
         params = json.loads(fields.get("params") or "{}")
     except ValueError:
@@ -211,14 +222,9 @@ async def import_model(request: web.Request) -> web.Response:
 
 def _import_request(fields: dict[str, str], artifact: bytes) -> ImportRequest:
     """The form's fields as a request; the service layer checks the rest."""
-    for name in ("strat", "model", "type", "features"):
-        if not fields.get(name):
-            raise ApiError(422, f"The form field {name!r} is required.")
-    try:
-        window = int(fields.get("window") or 1)
-    except ValueError:
-        raise ApiError(422, "'window' must be a whole number.") from None
-    features = [name.strip() for name in fields["features"].split(",") if name.strip()]
+    _require(fields, ("strat", "model", "type", "features"))
+    window = _window(fields)
+    features = _names(fields["features"])
     classes = class_labels(fields["classes"]) if fields.get("classes") else None
     return ImportRequest(strat=fields["strat"], family=fields["model"],
                          model_type=fields["type"], artifact=artifact, features=features,
