@@ -109,6 +109,7 @@ from loadgen import TICK, busy_ticks, descendant_ticks, process_ticks
 
 HERE = Path(__file__).resolve().parent
 NEMBER = str(Path(sys.executable).with_name("nember"))
+DEFAULT_LOOP = "uvloop" if find_spec("uvloop") else "asyncio"  # Nember's ``auto``
 FAMILIES = ["DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "Linear",
             "XGBoost", "LightGBM"]
 LEVELS = (16, 64, 256)
@@ -313,8 +314,9 @@ def main() -> None:
                         help="serve tree models without compiling them to native code")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (nember serve --workers)")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="run Nember and the echo floor on uvloop")
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default=DEFAULT_LOOP,
+                        help="Nember's and the echo floor's (default: uvloop when installed, "
+                        "as Nember's own default)")
     parser.add_argument("--pin", action="store_true",
                         help="server and floor on CPU 1, load generator on CPU 0, server CPU "
                         "per prediction (the module's doc)")
@@ -347,7 +349,7 @@ def main() -> None:
         key, costs = asyncio.run(prepare(config, folder, families, not args.no_compile))
 
         echo = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(echo_port),
-                                 *(["uvloop"] if args.uvloop else [])])
+                                 *(["uvloop"] if args.event_loop == "uvloop" else [])])
         server = subprocess.Popen([NEMBER, "--config", str(config), "serve"])
         try:
             wait_listening(echo_port, echo)
@@ -392,7 +394,7 @@ def write_config(folder: Path, port: int, args: argparse.Namespace, log_level: s
         # a benchmark's tight loop would hit the per-connection rate limit: lift it
         "  rate_limit: {per_second: 100000000, burst: 100000000}\n"
         f"  micro_batching: {'false' if args.no_batching else 'true'}\n"
-        f"  event_loop: {'uvloop' if args.uvloop else 'asyncio'}\n"
+        f"  event_loop: {args.event_loop}\n"
         f"  compile_trees: {'false' if args.no_compile else 'true'}\n"
         f"  workers: {args.workers}\n"
     )
@@ -698,7 +700,7 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
         log_path = folder / "server.log"
         echo = subprocess.Popen([*taskset(server_cpu), sys.executable,
                                  str(HERE / "echo_server.py"), str(echo_port),
-                                 *(["uvloop"] if args.uvloop else [])])
+                                 *(["uvloop"] if args.event_loop == "uvloop" else [])])
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
                 [*taskset(server_cpu), NEMBER, "--config", str(config), "serve"],

@@ -65,7 +65,8 @@ class ServerConfig:
     model_refresh_interval: float = setting(0.5, "seconds between looks for retrained models")
     revocation_check_interval: float = setting(1.0, "seconds between looks for revoked keys")
     node: str = setting("", "name in the connection registry; empty: the host name")
-    event_loop: str = setting("asyncio", "asyncio, or uvloop (from the all or uvloop extra)")
+    event_loop: str = setting(
+        "auto", "auto (uvloop when installed: the all or uvloop extra), asyncio or uvloop")
     micro_batching: bool = setting(True, "predict a costly model's concurrent requests at once")
     batch_above_us: float = setting(20.0, "batch a model whose one prediction costs more µs")
     max_batch: int = setting(256, "rows per batch, at most")
@@ -352,7 +353,8 @@ def _check_server(server: ServerConfig, where: str) -> None:
         ("revocation_check_interval", server.revocation_check_interval > 0, "a number > 0"),
         ("max_upload_size", server.max_upload_size >= 1024, "a size in bytes >= 1024"),
         ("batch_above_us", server.batch_above_us >= 0, "a number of µs >= 0"),
-        ("event_loop", server.event_loop in ("asyncio", "uvloop"), "'asyncio' or 'uvloop'"),
+        ("event_loop", server.event_loop in ("auto", "asyncio", "uvloop"),
+         "'auto', 'asyncio' or 'uvloop'"),
         ("max_batch", server.max_batch >= 1, "an integer >= 1"),
         ("training_workers", server.training_workers >= 1, "an integer >= 1"),
         ("training_timeout", server.training_timeout > 0, "a number of seconds > 0"),

@@ -15,6 +15,7 @@ processes, never per message on the event loop, except the ``Predictor`` they bu
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -72,6 +73,7 @@ __all__ = [
     "StoreUnavailable",
     # helpers for families
     "Tree", "TreeEnsemble", "decode_output", "class_probabilities", "softmax", "sigmoid",
+    "margin_threshold",
     # helpers for key stores
     "new_id", "new_api_key", "key_hash", "hash_password", "check_password",
     "VISIBLE_PREFIX_LENGTH",
@@ -525,6 +527,37 @@ def sigmoid(margin: float) -> float:
         return 1.0 / (1.0 + math.exp(-margin))
     small = math.exp(margin)
     return small / (1.0 + small)
+
+
+def margin_threshold(positive: Callable[[float], bool]) -> float:
+    """The largest margin that ``positive`` (a binary model's own decision on one margin,
+    rounding included) calls negative: then ``margin > threshold`` is that decision, exactly,
+    without the per-row sigmoid (a NumPy call on a one-element array costs microseconds).
+
+    ``positive`` must be monotone, False at -inf and True at inf (every sigmoid over one
+    half is); the search bisects the doubles between in their order, 64 calls at most.
+    """
+    low, high = _ordered(-math.inf), _ordered(math.inf)
+    if positive(-math.inf) or not positive(math.inf):
+        raise ValueError("the decision must be negative at -inf and positive at inf")
+    while high - low > 1:  # positive(_float(low)) is False, positive(_float(high)) True
+        middle = (low + high) // 2
+        if positive(_float(middle)):
+            high = middle
+        else:
+            low = middle
+    return _float(low)
+
+
+def _ordered(value: float) -> int:
+    """A double as an integer in the doubles' order (-0.0 and 0.0 next to each other)."""
+    bits = struct.unpack("<q", struct.pack("<d", value))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFF_FFFF_FFFF_FFFF) - 1
+
+
+def _float(ordered: int) -> float:
+    bits = ordered if ordered >= 0 else -(ordered + 1) | -0x8000_0000_0000_0000
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
 
 
 def decode_output(raw: np.ndarray, model_type: str) -> np.ndarray:

@@ -8,7 +8,9 @@ priority so the predictions on the event loop always come first.
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import sys
@@ -22,10 +24,33 @@ def spawn_pool(workers: int, initializer: Callable[..., None] | None = None,
     """A pool of ``workers`` processes; ``initializer(*initargs)`` runs in each one first."""
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=_SpawnContext(nice) if nice else multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(os.getpid(), nice, initializer, initargs),
+        initargs=(os.getpid(), initializer, initargs),
     )
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    """Spawns processes that run at ``nice`` from their first instruction on: a spawned
+    worker first imports the parent's main module (the whole CLI), which a niceness set by
+    the worker itself would leave at full priority, beside the event loop."""
+
+    def __init__(self, nice: int):
+        super().__init__()
+        self.Process = functools.partial(_NiceProcess, nice)  # type: ignore[assignment,misc]
+
+
+class _NiceProcess(multiprocessing.context.SpawnProcess):
+    def __init__(self, nice: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._nice = nice
+
+    def start(self) -> None:
+        super().start()
+        try:  # the parent renices it: the child is still importing
+            os.setpriority(os.PRIO_PROCESS, self.pid, self._nice)  # type: ignore[arg-type]
+        except OSError:  # gone already, or not allowed: it runs, only not nicer
+            pass
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -44,10 +69,8 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _init_worker(parent: int, nice: int, initializer, initargs) -> None:
+def _init_worker(parent: int, initializer, initargs) -> None:
     die_with_parent(parent)
-    if nice:
-        os.nice(nice)
     if initializer is not None:
         initializer(*initargs)
 

@@ -116,7 +116,7 @@ CONFIG_ERRORS = [  # (the config file's text, what the one error line says)
     ("connection_registry:\n  plugin: memory\n  url: x\n",
      "connection_registry.url: unknown key"),
     ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
-    ("server:\n  event_loop: trio\n", "server.event_loop: expected 'asyncio' or 'uvloop'"),
+    ("server:\n  event_loop: trio\n", "server.event_loop: expected 'auto', 'asyncio' or 'uvloop'"),
     ("server:\n  workers: 0\n", "server.workers: expected an integer >= 1"),
     ("server:\n  compile_trees: maybe\n",
      "server.compile_trees: expected true or false, got a string ('maybe')"),

@@ -7,7 +7,8 @@ the detailed error messages are only worked out when something is wrong.
 from __future__ import annotations
 
 import math
-from typing import Any
+from operator import itemgetter
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -15,12 +16,19 @@ from .protocol import RequestError, describe, quoted
 
 
 class FeatureExtractor:
-    __slots__ = ("features", "window", "width")
+    __slots__ = ("features", "window", "width", "_values")
 
     def __init__(self, features: tuple[str, ...], window: int):
         self.features = features
         self.window = window
         self.width = len(features)
+        # One point's values in the trained order, in one C call (a tuple; with one feature
+        # itemgetter gives the value itself, so it is wrapped in one).
+        if len(features) == 1:
+            name = features[0]
+            self._values = lambda point: (point[name],)
+        else:
+            self._values = itemgetter(*features)
 
     def row(self, points: list[Any]) -> np.ndarray:
         """A 1 x (window * features) float64 array, oldest point first."""
@@ -31,29 +39,26 @@ class FeatureExtractor:
                 f"{self.window} (its window)."
             )
         values: list[Any] = []
-        append = values.append
-        width = self.width
-        for point in points:
-            if type(point) is not dict or len(point) != width:
-                self._explain(points)
-            try:
-                for name in self.features:
-                    append(point[name])
-            except KeyError:
-                self._explain(points)
+        extend, width, point_values = values.extend, self.width, self._values
+        try:
+            for point in points:
+                if type(point) is not dict or len(point) != width:
+                    self._explain(points)
+                extend(point_values(point))
+        except KeyError:
+            self._explain(points)
         for value in values:
             kind = type(value)
             if kind is not float and kind is not int:
                 self._explain(points)
         try:
-            row = np.array(values, dtype=np.float64)
+            # No finiteness check per frame: orjson refuses NaN, Infinity and out-of-range
+            # numbers, so every float that reaches here is finite.
+            return np.array((values,), dtype=np.float64)
         except OverflowError:  # an integer beyond a double's range
             self._explain(points)
-        # No finiteness check per frame: orjson refuses NaN, Infinity and out-of-range
-        # numbers, so every float that reaches here is finite.
-        return row.reshape(1, -1)
 
-    def _explain(self, points: list[Any]) -> None:
+    def _explain(self, points: list[Any]) -> NoReturn:
         """Raise the precise error for points that failed the fast checks."""
         expected = set(self.features)
         for i, point in enumerate(points):

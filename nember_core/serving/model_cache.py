@@ -184,6 +184,9 @@ class ModelCache:
         self._loading_pinned: dict[tuple[ModelKey, int], asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()  # prefetches and compiles
         self._generation: str | None = None
+        # Bumped whenever the model served for any key changes: a connection that remembers
+        # the model it used last (``PredictionSession``) checks one int per frame, no lookup.
+        self.changes = 0
 
     async def warm_up(self) -> None:
         """Import every family's library now, in a thread, rather than at its first load."""
@@ -285,6 +288,7 @@ class ModelCache:
         self._absent_forget(key)
         self._failures.pop(key, None)
         self._entries[key] = entry
+        self.changes += 1
 
     async def _load_version(self, family: ModelFamily, meta: ModelMeta,
                             compile_later: bool = True) -> LoadedModel:
@@ -354,6 +358,7 @@ class ModelCache:
     def _remember_absent(self, key: ModelKey, failure: LoadFailure | None = None) -> None:
         """No model to serve for ``key``: none in the store, or ``failure``."""
         self._entries[key] = None
+        self.changes += 1
         if failure is None:
             self._failures.pop(key, None)
         else:
@@ -424,6 +429,7 @@ class ModelCache:
         FIGURES.model_compiles["compiled"] += 1
         if self._entries.get(key) is entry:  # still the version being served: switch
             self._entries[key] = self._install(rebuilt)
+            self.changes += 1
 
     async def wait_compiled(self) -> None:
         """Until every prefetch and compile started so far has finished (benchmarks)."""

@@ -17,6 +17,7 @@ from nember_core.plugin_api import (
     class_probabilities,
     decode_output,
     hookimpl,
+    margin_threshold,
     sigmoid,
     softmax,
 )
@@ -123,8 +124,10 @@ def fast_predictor(booster, model_type: str):
         def positive(raw):  # as LightGBM: the probability, then over one half
             return (1.0 / (1.0 + np.exp(-sigmoid_scale * raw)) > 0.5).astype(np.intp)
 
+        # One row: the raw score against the threshold where that sigmoid turns positive.
+        threshold, base0 = margin_threshold(lambda m: bool(positive(np.array([m]))[0])), base[0]
         return Predictor(
-            lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
+            lambda row: int(ensemble(row[0])[0] + base0 > threshold),
             lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble,
             lambda row: class_probabilities(
                 sigmoid(sigmoid_scale * float(ensemble(row[0])[0] + base[0]))))

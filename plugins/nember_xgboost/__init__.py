@@ -19,6 +19,7 @@ from nember_core.plugin_api import (
     class_probabilities,
     decode_output,
     hookimpl,
+    margin_threshold,
     sigmoid,
     softmax,
 )
@@ -137,19 +138,32 @@ def fast_predictor(booster, model_type: str):
         return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
                          lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
     if outputs == 1:
-        one, half = np.float32(1), np.float32(0.5)
-
-        def positive(margins):  # as XGBoost: a float32 sigmoid over one half
-            margins = margins.astype(np.float32)
-            return (one / (one + np.exp(-margins)) > half).astype(np.intp)
-
+        base0 = base[0]
         return Predictor(
-            lambda row: positive(ensemble(row[0])[:1] + base[:1])[0],
-            lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble,
+            lambda row: int(ensemble(row[0])[0] + base0 > POSITIVE_ABOVE),
+            lambda rows: positive(ensemble.batch(rows)[:, 0] + base0), ensemble,
             lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))))
     return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
                      lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
                      lambda row: softmax(ensemble(row[0]) + base))
+
+
+def positive(margins: np.ndarray) -> np.ndarray:
+    """Binary classes from margins, as XGBoost decides: its float32 sigmoid over one half.
+
+    XGBoost calls the C library's ``expf``, correctly rounded; NumPy's float32 ``exp`` is not
+    (it tips margins near 1e-7 the other way), so the exponential is taken in float64 and
+    rounded once to float32.
+    """
+    margins = margins.astype(np.float32)
+    exponentials = np.exp(-margins.astype(np.float64)).astype(np.float32)
+    return (_ONE / (exponentials + _ONE) > _HALF).astype(np.intp)
+
+
+_ONE, _HALF = np.float32(1), np.float32(0.5)
+# The same decision for one margin as a comparison (1.2e-7: float32 rounding puts the smallest
+# positive margins at exactly one half).
+POSITIVE_ABOVE = margin_threshold(lambda margin: bool(positive(np.array([margin]))[0]))
 
 
 def _margin_probabilities(margins) -> np.ndarray:

@@ -385,7 +385,9 @@ async def test_a_library_crash_or_hang_is_one_error_and_the_server_lives_on(
     model = _onnx(LogisticRegression().fit(X, labels), X.shape[1])
     monkeypatch.setitem(services.models.families, "Crashing", CrashingFamily(name="Crashing"))
     monkeypatch.setitem(services.models.families, "Hanging", HangingFamily(name="Hanging"))
-    monkeypatch.setattr(importing, "IMPORT_TIMEOUT", 3.0)
+    # Long enough for the crashing child to start (it imports this module: seconds on a busy
+    # machine), short for the hanging one.
+    monkeypatch.setattr(importing, "IMPORT_TIMEOUT", 60.0)
     owner = await _account(services)
 
     def request(family: str) -> ImportRequest:
@@ -396,6 +398,7 @@ async def test_a_library_crash_or_hang_is_one_error_and_the_server_lives_on(
     with pytest.raises(ModelFileRejected) as refused:
         await services.models.import_model(owner.id, request("Crashing"))
     assert str(refused.value) == "model.onnx: the Crashing library crashed loading it"
+    monkeypatch.setattr(importing, "IMPORT_TIMEOUT", 3.0)
     started = time.monotonic()
     with pytest.raises(ModelFileRejected) as refused:
         await services.models.import_model(owner.id, request("Hanging"))
