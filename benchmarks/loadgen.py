@@ -5,6 +5,7 @@
     python benchmarks/loadgen.py throughput URL KEY FRAME --connections C --seconds S [--prime]
     python benchmarks/loadgen.py idle       URL KEY --connections C
     python benchmarks/loadgen.py first      URL KEY FRAME --wait S
+    python benchmarks/loadgen.py accepts    URL KEY --connections C --seconds S  (picows)
 
     options for all but idle: [--client aiohttp|picows] [--cpu-pid PID]
 
@@ -541,6 +542,41 @@ async def first(url: str, key: str, frame: str, wait: float, client: str,
     }
 
 
+async def accepts(url: str, key: str, concurrency: int, seconds: float,
+                  probe: CpuProbe | None = None) -> dict:
+    """Bots reconnecting in a storm: ``concurrency`` clients each connect, authenticate (the
+    server's durable charge comes before its answer), close, and again, for ``seconds``.
+    Reports accepted connections per second and the time from connecting to ``Valid API
+    key.``; with picows, the server's CPU per accept too."""
+    from picows import WSCloseCode, ws_connect
+
+    client_class = _picows_client(key.encode(), lambda *_: None)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    stop_at = clock() + int(seconds * 1e9)
+
+    async def one_bot() -> None:
+        while clock() < stop_at:
+            started = clock()
+            transport, listener = await ws_connect(client_class, url)
+            await listener.authenticated
+            samples.append(clock() - started)
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            await transport.wait_disconnected()
+
+    before = probe.snap() if probe else None
+    began = clock()
+    await asyncio.gather(*(one_bot() for _ in range(concurrency)))
+    elapsed = (clock() - began) / 1e9
+    after = probe.snap() if probe else None
+    result = {**percentiles(samples), "per_second": len(samples) / elapsed,
+              "concurrency": concurrency}
+    if probe:
+        result["cpu"] = probe.between(before, after, len(samples))
+    return result
+
+
 def _client(name: str) -> str:
     if name == "picows":
         try:
@@ -552,7 +588,7 @@ def _client(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["latency", "throughput", "idle", "first"])
+    parser.add_argument("mode", choices=["latency", "throughput", "idle", "first", "accepts"])
     parser.add_argument("url")
     parser.add_argument("key")
     parser.add_argument("frame", nargs="?", default="")
@@ -599,6 +635,8 @@ def main() -> None:
         call = picows_throughput if client == "picows" else throughput
         result = run(call(args.url, args.key, args.frame, args.connections, args.seconds,
                           probe, args.prime))
+    elif args.mode == "accepts":
+        result = run(accepts(args.url, args.key, args.connections, args.seconds, probe))
     elif args.mode == "first":
         result = run(first(args.url, args.key, args.frame, args.wait, client))
     else:

@@ -64,7 +64,7 @@ __all__ = [
     "ModelAnnouncements", "ModelAnnounced",
     "JobBoard", "ClaimedJob", "JOB_HEARTBEAT_SECONDS", "JOB_ORPHANED_AFTER", "JOB_MAX_ATTEMPTS",
     "ModelFamily", "Param", "Predictor", "RowPredictor",
-    "RowsPredictor",
+    "RowsPredictor", "SumsDecider",
     # records
     "Account", "ApiKey", "NewApiKey", "ModelKey", "ModelMeta", "Charge", "ConnectionUsage",
     "LiveConnection", "TrainingJob", "utcnow",
@@ -73,7 +73,7 @@ __all__ = [
     "StoreUnavailable",
     # helpers for families
     "Tree", "TreeEnsemble", "decode_output", "class_probabilities", "softmax", "sigmoid",
-    "margin_threshold",
+    "margin_threshold", "first_largest",
     # helpers for key stores
     "new_id", "new_api_key", "key_hash", "hash_password", "check_password",
     "VISIBLE_PREFIX_LENGTH",
@@ -432,6 +432,8 @@ class JobBoard(Protocol):
 RowPredictor = Callable[[np.ndarray], Any]
 # The same for many rows: an n x n_features array in, n outputs out.
 RowsPredictor = Callable[[np.ndarray], Sequence[Any]]
+# A tree model's single-row output from its ensemble's per-output sums (plain floats).
+SumsDecider = Callable[[list[float]], Any]
 
 
 @attrs.frozen
@@ -446,12 +448,18 @@ class Predictor:
     1-D array summing to 1, see :func:`class_probabilities`); what a request asking for
     ``"probabilities"`` gets (PROTOCOL §7), and what evaluation scores calibration with.
     Without it, such requests get an error answer.
+
+    ``decide``, for tree models: what ``one`` does with the ensemble's sums, given them as a
+    list of floats (``one(row) == decide(ensemble(row[0]).tolist())``). Once the trees are
+    compiled, the server then answers a row from plain floats to compiled code and back with
+    no NumPy call at all: a few µs less per prediction than ``one``.
     """
 
     one: RowPredictor
     many: RowsPredictor | None = None
     ensemble: TreeEnsemble | None = None
     proba: RowPredictor | None = None
+    decide: SumsDecider | None = None
 
 
 @attrs.frozen
@@ -527,6 +535,14 @@ def sigmoid(margin: float) -> float:
         return 1.0 / (1.0 + math.exp(-margin))
     small = math.exp(margin)
     return small / (1.0 + small)
+
+
+def first_largest(values: list[float], offsets: list[float] | None = None) -> int:
+    """The index of the largest value (of each plus its offset, when given), the first on a
+    tie: NumPy's ``argmax`` of a list, for a ``Predictor``'s ``decide``."""
+    if offsets is not None:
+        values = [value + offset for value, offset in zip(values, offsets, strict=True)]
+    return values.index(max(values))
 
 
 def margin_threshold(positive: Callable[[float], bool]) -> float:

@@ -32,6 +32,15 @@ class FeatureExtractor:
 
     def row(self, points: list[Any]) -> np.ndarray:
         """A 1 x (window * features) float64 array, oldest point first."""
+        try:
+            # No finiteness check per frame: orjson refuses NaN, Infinity and out-of-range
+            # numbers, so every float that reaches here is finite.
+            return np.array((self.values(points),), dtype=np.float64)
+        except OverflowError:  # an integer beyond a double's range
+            self._explain(points)
+
+    def values(self, points: list[Any]) -> list[float | int]:
+        """The row's values, checked, as a list: oldest point first, in the trained order."""
         if len(points) != self.window:
             raise RequestError(
                 f"Field 'DataPoints' has {len(points)} data point"
@@ -51,12 +60,7 @@ class FeatureExtractor:
             kind = type(value)
             if kind is not float and kind is not int:
                 self._explain(points)
-        try:
-            # No finiteness check per frame: orjson refuses NaN, Infinity and out-of-range
-            # numbers, so every float that reaches here is finite.
-            return np.array((values,), dtype=np.float64)
-        except OverflowError:  # an integer beyond a double's range
-            self._explain(points)
+        return values
 
     def _explain(self, points: list[Any]) -> NoReturn:
         """Raise the precise error for points that failed the fast checks."""

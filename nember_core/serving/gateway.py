@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import attrs
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from nember_core import credentials
 from nember_core.config import Config
@@ -21,7 +21,8 @@ from nember_core.metrics import FIGURES
 from nember_core.records import ApiKey, LiveConnection, utcnow
 from nember_core.stores import Stores
 
-from . import protocol
+from . import heartbeat, protocol
+from .heartbeat import Heartbeat
 from .model_cache import ModelCache
 from .session import PredictionSession, RateLimiter
 
@@ -29,6 +30,8 @@ log = structlog.get_logger("nember.ws")
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
 TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
 # An open usage row that no live process holds, this long after it opened, is a dead
 # process's: a registry forgets such a process within seconds.
@@ -40,17 +43,32 @@ SWEEP_PAGE = 500
 @attrs.define(eq=False)
 class Socket:
     """This node's side of an authenticated connection: the record registries list, the
-    websocket, and the close code the server chose (if it closed it)."""
+    websocket, and the close code the server chose (if it closed it); what its heartbeat
+    watches (``heartbeat.Watched``)."""
 
     conn: LiveConnection
     ws: web.WebSocketResponse = attrs.field(repr=False)
+    transport: asyncio.Transport | None = attrs.field(default=None, repr=False)
     close_code: int | None = None
     close_reason: str | None = None
+    heard: int = 0  # pings and pongs received
+    busy: bool = False  # waiting for a model load or a batch
 
     async def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         await self.ws.close(code=code, message=reason.encode())
+
+    async def ping(self) -> None:
+        await self.ws.ping()
+
+    def drop(self) -> None:
+        """Gone silent: closed at once, with no close handshake a dead peer can't finish."""
+        if self.close_code is not None or self.transport is None:
+            return  # closing already
+        self.close_code, self.close_reason = heartbeat.LOST, "connection lost"
+        log.info("connection.silent", connection_id=self.conn.id)
+        self.transport.abort()
 
 
 class Gateway:
@@ -67,7 +85,8 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         server = self.config.server
         ws = web.WebSocketResponse(
-            heartbeat=server.heartbeat,
+            autoping=False,  # pings and pongs reach ``_serve``: they tell the heartbeat the
+            # peer is there (aiohttp's own heartbeat costs a callback per frame)
             # aiohttp refuses a frame of exactly its limit; the contract accepts it.
             max_msg_size=server.max_message_size + 1,
             compress=False,  # tiny, frequent frames: compression costs more than it saves
@@ -100,7 +119,7 @@ class Gateway:
     async def _authenticate(self, ws: web.WebSocketResponse, request: web.Request):
         remote = request.remote or ""
         try:
-            msg = await ws.receive(timeout=self.config.server.auth_timeout)
+            msg = await self._first_frame(ws)
         except asyncio.TimeoutError:
             FIGURES.auth["timeout"] += 1
             log.info("auth.refused", remote=remote, reason="timeout")
@@ -122,7 +141,7 @@ class Gateway:
 
         if ws.closed:
             return None  # the peer left while its key was checked: nothing to charge
-        socket = Socket(self._connection(key, remote), ws)
+        socket = Socket(self._connection(key, remote), ws, request.transport)
         conn = socket.conn
         limit = self.config.server.max_connections_per_account
         try:
@@ -155,6 +174,19 @@ class Gateway:
         )
         return socket, secret
 
+    async def _first_frame(self, ws: web.WebSocketResponse) -> WSMessage:
+        """The first frame that isn't a ping or a pong (pings answered), within the
+        authentication timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server.auth_timeout
+        while True:
+            # A timeout of 0 would mean none: at least a millisecond.
+            msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
+            if msg.type is _PING:
+                await ws.pong(msg.data)
+            elif msg.type is not _PONG:
+                return msg
+
     async def _refuse(self, ws: web.WebSocketResponse, answer: bytes, reason: bytes,
                       code: int = protocol.POLICY_VIOLATION) -> None:
         await ws.send_frame(answer, _TEXT)
@@ -185,24 +217,38 @@ class Gateway:
             socket.conn, secret, self.cache, RateLimiter(limits.per_second, limits.burst)
         )
         ws = socket.ws
+        beat = Heartbeat(socket, lambda: session.seq, self.config.server.heartbeat)
         receive, send, answer = ws.receive, ws.send_frame, session.answer
         clock, observe = time.perf_counter, FIGURES.observe
-        while True:
-            msg = await receive()
-            began = clock()
-            kind = msg.type
-            if kind is not _TEXT and kind is not _BINARY:
-                if kind is WSMsgType.ERROR and getattr(msg.data, "code", None) == TOO_BIG:
-                    # aiohttp closed with 1009; its failing close handshake then reports 1006.
-                    socket.close_code, socket.close_reason = TOO_BIG, "message too big"
-                return  # close, error or connection lost
-            out = answer(msg.data, kind is _TEXT)
-            if type(out) is not bytes:  # a model to look up, or a prediction in a batch
-                # ``bytes`` isn't final, so mypy can't take it out of ``out``'s type on
-                # ``type(out) is not bytes``; the answers are exact bytes (orjson.dumps).
-                out = await session.complete(out, msg.data)  # type: ignore[arg-type]
-            await send(out, _TEXT)
-            observe(clock() - began)
+        try:
+            while True:
+                msg = await receive()
+                began = clock()
+                kind = msg.type
+                if kind is not _TEXT and kind is not _BINARY:
+                    if kind is _PING or kind is _PONG:
+                        socket.heard += 1
+                        if kind is _PING:
+                            await ws.pong(msg.data)
+                        continue
+                    if kind is WSMsgType.ERROR and getattr(msg.data, "code", None) == TOO_BIG:
+                        # aiohttp closed with 1009; its failing close handshake then reports
+                        # 1006.
+                        socket.close_code, socket.close_reason = TOO_BIG, "message too big"
+                    return  # close, error or connection lost
+                out = answer(msg.data, kind is _TEXT)
+                if type(out) is not bytes:  # a model to look up, or a prediction in a batch
+                    # ``bytes`` isn't final, so mypy can't take it out of ``out``'s type on
+                    # ``type(out) is not bytes``; the answers are exact bytes (orjson.dumps).
+                    socket.busy = True
+                    try:
+                        out = await session.complete(out, msg.data)  # type: ignore[arg-type]
+                    finally:
+                        socket.busy = False
+                await send(out, _TEXT)
+                observe(clock() - began)
+        finally:
+            beat.stop()
 
     async def _release(self, socket: Socket) -> None:
         conn, ws = socket.conn, socket.ws

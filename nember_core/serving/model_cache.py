@@ -22,7 +22,13 @@ import numpy as np
 import structlog
 
 from nember_core.metrics import FIGURES
-from nember_core.plugin_api import ModelFamily, ModelStore, RowPredictor, TreeEnsemble
+from nember_core.plugin_api import (
+    ModelFamily,
+    ModelStore,
+    RowPredictor,
+    SumsDecider,
+    TreeEnsemble,
+)
 from nember_core.records import ModelKey, ModelMeta
 from nember_core.trees.compiler import TreeCompiler
 
@@ -98,11 +104,11 @@ class PinnedMiss:
 class LoadedModel:
     __slots__ = ("meta", "version", "extractor", "batcher", "predictor", "batch_rows",
                  "ensemble", "kind", "_labels", "proba", "_label_names", "_bounds",
-                 "trained_at", "_trained_epoch")
+                 "trained_at", "_trained_epoch", "_decide")
 
     def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
                  batcher: MicroBatcher | None = None, batch_rows=None, ensemble=None,
-                 proba: RowPredictor | None = None):
+                 proba: RowPredictor | None = None, decide: SumsDecider | None = None):
         self.meta = meta
         self.version = meta.version
         self.extractor = FeatureExtractor(meta.features, meta.window)
@@ -110,6 +116,8 @@ class LoadedModel:
         self.predictor = predict_row  # the family's single-row predictor
         self.batch_rows = batch_rows  # ...and its many-rows one
         self.ensemble = ensemble  # the trees it evaluates, if it is a tree model
+        # Compiled trees and a family that decides from their sums: rows never become arrays.
+        self._decide = decide if ensemble is not None and ensemble.native else None
         self.kind = (meta.key.family, meta.key.model_type)  # what /metrics counts it under
         self._labels = meta.classes
         # What the opt-in answers (PROTOCOL §7) need, worked out once per version.
@@ -153,6 +161,8 @@ class LoadedModel:
 
     def predict(self, points: list[Any]) -> Any:
         """The answer's ``prediction``: a class label as in the training data, or a float."""
+        if self._decide is not None:
+            return self.label(self._decide(self.ensemble.sums(self.extractor.values(points))))
         return self.label(self.predictor(self.extractor.row(points)))
 
     def label(self, raw: Any) -> Any:
@@ -334,7 +344,7 @@ class ModelCache:
             native=ensemble is not None and ensemble.native,
         )
         return LoadedModel(meta, loaded.predictor, batcher, loaded.batch_rows, ensemble,
-                           loaded.proba)
+                           loaded.proba, loaded.decide)
 
     def _remember_failure(self, key: ModelKey, version: int | None, exc: Exception) -> None:
         previous = self._failures.get(key)

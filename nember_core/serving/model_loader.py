@@ -22,6 +22,7 @@ from nember_core.plugin_api import (
     Predictor,
     RowPredictor,
     RowsPredictor,
+    SumsDecider,
     TreeEnsemble,
 )
 from nember_core.records import artifact_digest
@@ -41,6 +42,7 @@ class Loaded:
     costs: Costs
     batched: bool  # do its measured costs say concurrent requests should share batches?
     proba: RowPredictor | None = None  # class probabilities of one row (PROTOCOL §7)
+    decide: SumsDecider | None = None  # ``one`` from the ensemble's sums (``Predictor``)
 
 
 def load_model(family: ModelFamily, meta: ModelMeta, data: bytes,
@@ -68,7 +70,8 @@ def build(family: ModelFamily, meta: ModelMeta, model: Any, batch_above_us: floa
         built.ensemble.use_native(native)
     costs, batched = _measure(meta, built.one, batch, batch_above_us)
     proba = built.proba if model_type == "class" else None
-    return Loaded(meta, model, built.one, batch, built.ensemble, costs, batched, proba)
+    return Loaded(meta, model, built.one, batch, built.ensemble, costs, batched, proba,
+                  built.decide)
 
 
 def remeasured(loaded: Loaded, batch_above_us: float | None) -> Loaded:

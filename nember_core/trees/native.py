@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import struct
 import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -141,7 +142,8 @@ class NativeTrees:
     """One compiled ensemble: ``__call__(row)`` returns the per-output sums for one row, as
     ``TreeEnsemble`` does. Not thread-safe: one event loop calls it."""
 
-    __slots__ = ("_library", "_predict", "_input", "_rounded", "_output", "_in", "_out")
+    __slots__ = ("_library", "_predict", "_input", "_rounded", "_output", "_in", "_out",
+                 "_doubles", "_singles", "_row", "_sums", "_zeros")
 
     def __init__(self, path: Path, width: int, outputs: int, dtype: np.dtype):
         library = ctypes.CDLL(str(path))
@@ -164,6 +166,13 @@ class NativeTrees:
         self._rounded = None if dtype == np.float64 else np.zeros(width, dtype=dtype)
         self._output = np.zeros(outputs, dtype=np.float64)
         self._in, self._out = self._input.ctypes.data, self._output.ctypes.data
+        # ``sums``: the same buffers (kept alive by the arrays above), filled and read through
+        # struct and ctypes.
+        self._doubles = struct.Struct(f"{width}d")
+        self._singles = None if self._rounded is None else struct.Struct(f"{width}f")
+        self._row = (ctypes.c_double * width).from_address(self._in)
+        self._sums = (ctypes.c_double * outputs).from_address(self._out)
+        self._zeros: list[ctypes.c_double | float] = [0.0] * outputs
 
     def __call__(self, row: np.ndarray) -> np.ndarray:
         if self._rounded is None:
@@ -175,3 +184,14 @@ class NativeTrees:
         output.fill(0.0)
         self._predict(self._in, 1, self._out)  # 1: the raw sums (no post-processing)
         return output.copy()
+
+    def sums(self, values: Sequence[float]) -> list[float]:
+        """``__call__`` for a row given as floats, answered as floats: no NumPy call."""
+        singles = self._singles
+        if singles is not None:  # rounded to float32 as NumPy rounds: C's cast, inf beyond
+            values = singles.unpack(singles.pack(*values))
+        self._doubles.pack_into(self._row, 0, *values)
+        sums = self._sums
+        sums[:] = self._zeros
+        self._predict(self._in, 1, self._out)
+        return sums[:]

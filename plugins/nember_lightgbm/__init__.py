@@ -16,6 +16,7 @@ from nember_core.plugin_api import (
     TreeEnsemble,
     class_probabilities,
     decode_output,
+    first_largest,
     hookimpl,
     margin_threshold,
     sigmoid,
@@ -115,9 +116,11 @@ def fast_predictor(booster, model_type: str):
     probe = np.zeros((1, booster.num_feature()))
     base = np.asarray(booster.predict(probe, raw_score=True)).reshape(-1) - ensemble(probe[0])
 
+    base0, bases = float(base[0]), base.tolist()  # for ``decide``: floats in, floats out
     if model_type == "reg" or objective in IDENTITY:
         return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble,
+                         decide=lambda sums: sums[0] + base0)
     if outputs == 1:
         sigmoid_scale = _sigmoid_scale(settings)
 
@@ -125,22 +128,25 @@ def fast_predictor(booster, model_type: str):
             return (1.0 / (1.0 + np.exp(-sigmoid_scale * raw)) > 0.5).astype(np.intp)
 
         # One row: the raw score against the threshold where that sigmoid turns positive.
-        threshold, base0 = margin_threshold(lambda m: bool(positive(np.array([m]))[0])), base[0]
+        threshold = margin_threshold(lambda m: bool(positive(np.array([m]))[0]))
         return Predictor(
             lambda row: int(ensemble(row[0])[0] + base0 > threshold),
             lambda rows: positive(ensemble.batch(rows)[:, 0] + base[0]), ensemble,
             lambda row: class_probabilities(
-                sigmoid(sigmoid_scale * float(ensemble(row[0])[0] + base[0]))))
+                sigmoid(sigmoid_scale * float(ensemble(row[0])[0] + base[0]))),
+            decide=lambda sums: int(sums[0] + base0 > threshold))
     if objective == "multiclassova":  # a sigmoid per class, scaled to sum to 1
         scale = _sigmoid_scale(settings)
         return Predictor(
             lambda row: int((ensemble(row[0]) + base).argmax()),
             lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
             lambda row: class_probabilities(
-                [sigmoid(scale * float(m)) for m in ensemble(row[0]) + base]))
+                [sigmoid(scale * float(m)) for m in ensemble(row[0]) + base]),
+            decide=lambda sums: first_largest(sums, bases))
     return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
                      lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
-                     lambda row: softmax(ensemble(row[0]) + base))
+                     lambda row: softmax(ensemble(row[0]) + base),
+                     decide=lambda sums: first_largest(sums, bases))
 
 
 def _sigmoid_scale(settings: list[str]) -> float:

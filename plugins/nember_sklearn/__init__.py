@@ -19,6 +19,7 @@ from nember_core.plugin_api import (
     Tree,
     TreeEnsemble,
     class_probabilities,
+    first_largest,
     hookimpl,
     sigmoid,
     softmax,
@@ -221,10 +222,12 @@ def fast_predictor(model) -> Predictor:
 
     if len(trees) == 1:
         if is_classifier(model):
-            classes = model.classes_
+            classes, names = model.classes_, model.classes_.tolist()
             return Predictor(lambda row: classes[ensemble(row[0]).argmax()], model.predict,
-                             ensemble, leaf_fractions)
-        return Predictor(lambda row: ensemble(row[0])[0], model.predict, ensemble)
+                             ensemble, leaf_fractions,
+                             decide=lambda sums: names[first_largest(sums)])
+        return Predictor(lambda row: ensemble(row[0])[0], model.predict, ensemble,
+                         decide=lambda sums: sums[0])
     # A forest. One row: every tree at once (a TreeEnsemble), ~2x faster than a
     # loop over the trees' own predict. Many rows: each tree's own C loop over the rows wins,
     # ~9 µs a row instead of ~40.
@@ -237,8 +240,9 @@ def fast_predictor(model) -> Predictor:
                 total += tree.predict(x)[:, :n_classes]
             return classes[total.argmax(axis=1)]
 
+        names = classes.tolist()
         return Predictor(lambda row: classes[ensemble(row[0]).argmax()], class_rows, ensemble,
-                         leaf_fractions)
+                         leaf_fractions, decide=lambda sums: names[first_largest(sums)])
     count = len(trees)
 
     def value_rows(rows):
@@ -247,7 +251,8 @@ def fast_predictor(model) -> Predictor:
             total += tree.predict(x)[:, 0]
         return total / count
 
-    return Predictor(lambda row: ensemble(row[0])[0] / count, value_rows, ensemble)
+    return Predictor(lambda row: ensemble(row[0])[0] / count, value_rows, ensemble,
+                     decide=lambda sums: sums[0] / count)
 
 
 def _lone_tree(trees):
@@ -282,20 +287,24 @@ def _hist_gradient_boosting(model):
     # The baseline (the link of the prior), measured against the library on one row.
     probe = np.zeros((1, model.n_features_in_))
     base = model._raw_predict(probe)[0] - ensemble(probe[0])
+    base0, bases = float(base[0]), base.tolist()  # for ``decide``: floats in, floats out
     if not is_classifier(model):
         return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
-    classes = model.classes_
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble,
+                         decide=lambda sums: sums[0] + base0)
+    classes, names = model.classes_, model.classes_.tolist()
     if outputs == 1:  # binary: the positive class when its probability is over one half
         return Predictor(
             lambda row: classes[int(ensemble(row[0])[0] + base[0] > 0)],
             lambda rows: classes[(ensemble.batch(rows)[:, 0] + base[0] > 0).astype(np.intp)],
             ensemble,
             lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))),
+            decide=lambda sums: names[int(sums[0] + base0 > 0)],
         )
     return Predictor(lambda row: classes[int((ensemble(row[0]) + base).argmax())],
                      lambda rows: classes[(ensemble.batch(rows) + base).argmax(axis=1)],
-                     ensemble, lambda row: softmax(ensemble(row[0]) + base))
+                     ensemble, lambda row: softmax(ensemble(row[0]) + base),
+                     decide=lambda sums: names[first_largest(sums, bases)])
 
 
 def _library_path(model) -> Predictor:

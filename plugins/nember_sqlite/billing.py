@@ -49,6 +49,15 @@ def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+_UPDATE_USAGE = ("UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, "
+                 "predictions = ?, errors = ? WHERE connection_id = ?")
+
+
+def _usage_update(usage: ConnectionUsage) -> tuple:
+    return (usage.closed_at.isoformat() if usage.closed_at else None, usage.close_code,
+            usage.close_reason, usage.predictions, usage.errors, usage.connection_id)
+
+
 def _usage(row) -> ConnectionUsage:
     return ConnectionUsage(row[0], row[1], row[2], row[3], _time(row[4]), _time(row[5]), *row[6:])
 
@@ -77,39 +86,30 @@ class SqliteBillingLedger:
             charged_at=utcnow(),
         )
         try:
-            # One transaction of its own: the charge and the open usage row land together,
-            # fsynced, whatever other connections' charges do meanwhile.
-            async with self._db.transaction() as db:
-                await db.execute(
-                    "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
-                    (charge.connection_id, charge.account_id, charge.key_id,
-                     str(charge.amount), currency, charge.charged_at.isoformat()),
-                )
-                await db.execute(
-                    "INSERT INTO usage (connection_id, account_id, key_id, remote, opened_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (usage.connection_id, usage.account_id, usage.key_id, usage.remote,
-                     usage.opened_at.isoformat()),
-                )
+            # The charge and the open usage row land together, fsynced before this returns;
+            # the charges of connections accepted meanwhile share the commit.
+            await self._db.commit_together([
+                ("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
+                 (charge.connection_id, charge.account_id, charge.key_id, str(charge.amount),
+                  currency, charge.charged_at.isoformat())),
+                ("INSERT INTO usage (connection_id, account_id, key_id, remote, opened_at) "
+                 "VALUES (?, ?, ?, ?, ?)",
+                 (usage.connection_id, usage.account_id, usage.key_id, usage.remote,
+                  usage.opened_at.isoformat())),
+            ])
         except aiosqlite.IntegrityError:
             raise AlreadyExists(f"connection {usage.connection_id} is already charged") from None
         return charge
 
     async def record_usage(self, usage: ConnectionUsage) -> None:
-        await self._update_usage(usage, "")
+        # Connections that end together (a storm of reconnects) share a commit too.
+        await self._db.commit_together([(_UPDATE_USAGE, _usage_update(usage))])
 
     async def close_abandoned(self, usage: ConnectionUsage) -> bool:
-        return await self._update_usage(usage, " AND closed_at IS NULL") == 1
-
-    async def _update_usage(self, usage: ConnectionUsage, condition: str) -> int:
         async with self._db.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE usage SET closed_at = ?, close_code = ?, close_reason = ?, "
-                f"predictions = ?, errors = ? WHERE connection_id = ?{condition}",
-                (usage.closed_at.isoformat() if usage.closed_at else None, usage.close_code,
-                 usage.close_reason, usage.predictions, usage.errors, usage.connection_id),
-            )
-            return cursor.rowcount
+            cursor = await db.execute(_UPDATE_USAGE + " AND closed_at IS NULL",
+                                      _usage_update(usage))
+            return cursor.rowcount == 1
 
     async def charges(self, account_id: str) -> list[Charge]:
         rows = await self._db.read(

@@ -14,6 +14,15 @@ from pathlib import Path
 import aiosqlite
 
 BUSY_TIMEOUT_SECONDS = 30
+Statements = Sequence[tuple[str, Sequence]]  # (SQL, its arguments), in order
+
+
+def _settle(done: asyncio.Future, error: BaseException | None = None) -> None:
+    if not done.done():  # its caller may have been cancelled meanwhile
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 async def connect(path: Path, schema: str, durable: bool = True,
@@ -74,6 +83,8 @@ class Database:
     def __init__(self, connection: aiosqlite.Connection):
         self._db = connection
         self._lock = asyncio.Lock()
+        self._queued: list[tuple[Statements, asyncio.Future]] = []  # for ``commit_together``
+        self._committing: asyncio.Future | None = None
 
     @classmethod
     async def open(cls, path: Path, schema: str, durable: bool = True,
@@ -94,6 +105,53 @@ class Database:
                 await self._db.rollback()
                 raise
             await self._db.commit()
+
+    async def commit_together(self, statements: Statements) -> None:
+        """Run ``statements`` in one transaction with those that other coroutines ask for
+        meanwhile: one commit, one fsync, for a storm of accepts; each caller returns once
+        its own are durable. A transaction that fails is tried again per caller, so one bad
+        job (a duplicate key) fails only its own caller. A caller cancelled before its turn
+        is left out."""
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((statements, done))
+        if self._committing is None:
+            self._committing = asyncio.ensure_future(self._commit_queued())
+        await done
+
+    async def _commit_queued(self) -> None:
+        try:
+            while self._queued:  # whatever queued up during the last commit goes next
+                jobs = [job for job in self._queued if not job[1].done()]
+                self._queued = []
+                try:
+                    await self._run(jobs)
+                except Exception as exc:
+                    if len(jobs) == 1:
+                        _settle(jobs[0][1], exc)
+                        continue
+                    for job in jobs:
+                        try:
+                            await self._run([job])
+                        except Exception as alone:
+                            _settle(job[1], alone)
+                        else:
+                            _settle(job[1])
+                    continue
+                for _, done in jobs:
+                    _settle(done)
+        finally:
+            self._committing = None
+
+    async def _run(self, jobs: list[tuple[Statements, asyncio.Future]]) -> None:
+        """Every job's statements in one transaction, one ``executemany`` per SQL text (in
+        the order each first appears: a row's parent before it)."""
+        grouped: dict[str, list[Sequence]] = {}
+        for statements, _ in jobs:
+            for sql, args in statements:
+                grouped.setdefault(sql, []).append(args)
+        async with self.transaction() as db:
+            for sql, rows in grouped.items():
+                await db.executemany(sql, rows)
 
     async def read(self, sql: str, args: Iterable = ()) -> list[tuple]:
         """The rows of one query, never inside another coroutine's unfinished transaction."""

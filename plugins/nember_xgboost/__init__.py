@@ -18,6 +18,7 @@ from nember_core.plugin_api import (
     TreeEnsemble,
     class_probabilities,
     decode_output,
+    first_largest,
     hookimpl,
     margin_threshold,
     sigmoid,
@@ -134,18 +135,21 @@ def fast_predictor(booster, model_type: str):
     library = np.asarray(booster.inplace_predict(probe, predict_type="margin")).reshape(-1)
     base = library - ensemble(probe[0])
 
+    base0, bases = float(base[0]), base.tolist()  # for ``decide``: floats in, floats out
     if model_type == "reg" or objective in IDENTITY:
         return Predictor(lambda row: float(ensemble(row[0])[0] + base[0]),
-                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble)
+                         lambda rows: ensemble.batch(rows)[:, 0] + base[0], ensemble,
+                         decide=lambda sums: sums[0] + base0)
     if outputs == 1:
-        base0 = base[0]
         return Predictor(
             lambda row: int(ensemble(row[0])[0] + base0 > POSITIVE_ABOVE),
             lambda rows: positive(ensemble.batch(rows)[:, 0] + base0), ensemble,
-            lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))))
+            lambda row: class_probabilities(sigmoid(float(ensemble(row[0])[0] + base[0]))),
+            decide=lambda sums: int(sums[0] + base0 > POSITIVE_ABOVE))
     return Predictor(lambda row: int((ensemble(row[0]) + base).argmax()),
                      lambda rows: (ensemble.batch(rows) + base).argmax(axis=1), ensemble,
-                     lambda row: softmax(ensemble(row[0]) + base))
+                     lambda row: softmax(ensemble(row[0]) + base),
+                     decide=lambda sums: first_largest(sums, bases))
 
 
 def positive(margins: np.ndarray) -> np.ndarray:

@@ -66,6 +66,8 @@ async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
     else:
         # XGBoost sums its leaves in float32, the compiled code in float64
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # The server's path: the row as floats, rounded by struct, no NumPy; the same answers.
+    assert [predict.decide(native.sums(row.tolist())) for row in ROWS] == got.tolist()
     assert len(list(tmp_path.glob("*.so"))) == 1
 
 

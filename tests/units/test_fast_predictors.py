@@ -58,6 +58,11 @@ def test_predictor_equals_the_library(family_name, target, params):
             assert (answer == want).all(), f"{(answer != want).sum()} rows differ"
         else:
             np.testing.assert_allclose(answer, want, rtol=1e-5, atol=1e-6)
+    # What compiled trees answer through: the very same answers from the trees' sums.
+    assert (predict.decide is None) == (predict.ensemble is None)
+    if predict.decide is not None:
+        decided = [predict.decide(predict.ensemble.sums(row.tolist())) for row in ROWS]
+        assert decided == got.tolist()
 
 
 def test_tree_ensemble_walks_both_comparisons():

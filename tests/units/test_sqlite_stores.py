@@ -135,3 +135,34 @@ async def test_unclosed_usage_pages_by_age_and_a_recorded_end_wins(tmp_path):
     finally:
         await ledger.close()
     assert (rows["u0"].close_code, rows["u1"].close_code) == (1000, 1000)
+
+
+async def test_charges_made_at_once_share_commits_and_each_waits_for_its_own(tmp_path,
+                                                                          monkeypatch):
+    """A storm of accepts: a few fsynced commits for 200 charges, not 200; and each charge
+    returns only once another connection to the file sees it (committed)."""
+    from nember_sqlite.db import Database
+
+    transactions = 0
+    real = Database.transaction
+
+    def counted(self):
+        nonlocal transactions
+        transactions += 1
+        return real(self)
+
+    ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    reader = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    monkeypatch.setattr(Database, "transaction", counted)
+
+    async def charge(i: int) -> bool:
+        await ledger.charge(_usage(f"c{i}"), Decimal("0.01"), "USD")
+        return f"c{i}" in {c.connection_id for c in await reader.charges("acct_1")}
+
+    try:
+        seen = await asyncio.gather(*(charge(i) for i in range(200)))
+    finally:
+        await reader.close()
+        await ledger.close()
+    assert all(seen)
+    assert transactions < 20, f"{transactions} commits for 200 charges"
