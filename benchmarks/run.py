@@ -61,6 +61,10 @@ The order of a --pin run:
    model: everything after is measured on compiled trees.
 3. The floor, then per model: the floor's sequential and 64-connection runs, the model's
    sequential run and 16, 64, 256 connections (--seconds each).
+   Then *accepts* (picows only): 64 bots reconnecting at once for --seconds, each connecting,
+   sending its key, waiting for ``Valid API key.`` (which comes after the durable SQLite
+   charge) and closing: accepts per second, connect-to-answer p50/p99, server CPU per
+   accept; target >= 2,000/s.
 4. *First prediction after a start* (unless --no-first-prediction): a fresh ``nember serve``
    with an XGBoost class model stored (trained for this if XGBoost is not among --families).
    A client, started and imported beforehand, polls the port every millisecond and (a) as
@@ -404,6 +408,7 @@ def write_config(folder: Path, port: int, args: argparse.Namespace, log_level: s
 # --- --pin: the server on one core, the load generator on the other ---------------------
 
 CPU_TARGET, P50_TARGET, P99_TARGET, THROUGHPUT_TARGET = 2.0, 1.5, 2.0, 0.5
+ACCEPTS_TARGET = 2000  # authenticated (and durably charged) connections per second
 FLOOR_FRAME = frame("DecisionTree", "class")  # what the floor echoes (any frame would do)
 
 
@@ -729,6 +734,11 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
                     results[f"{family}/{model_type}"] = measure_pinned(
                         url, key, frame(family, model_type), args.seconds,
                         f"{family} {model_type}", server.pid, echo_url, echo.pid)
+            accepts = {}
+            if client == "picows":
+                say("  measuring accepts (64 bots reconnecting at once)")
+                accepts = pinned_phase("accepts", url, key, "--connections", "64",
+                                       "--seconds", str(args.seconds), pid=server.pid)
             counts = [int(c) for c in args.idle.split(",") if c]
             memory = idle_memory(url, key, server.pid, counts) if counts else {}
             memory_echo = {"0": rss_mib(echo.pid)}
@@ -756,8 +766,9 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
             "nice": args.nice,
             "headline": headline(results), "before_native": before,
             "compile_wait_seconds": compile_wait, "first_prediction": first,
+            "accepts": accepts,
             "targets": {"cpu": CPU_TARGET, "p50": P50_TARGET, "p99": P99_TARGET,
-                        "throughput_64": THROUGHPUT_TARGET},
+                        "throughput_64": THROUGHPUT_TARGET, "accepts": ACCEPTS_TARGET},
         },
         "took_seconds": round(time.monotonic() - started, 1),
     }
@@ -826,6 +837,16 @@ def render_pinned(report: dict) -> str:
             f"{_verdict(passed['p99'])}"
             f"{row['per_second_64']:>11,.0f}{row['floor_per_second_64']:>10,.0f}"
             f"{ratio['throughput_64']:>7.2f} {_verdict(passed['throughput_64'])}")
+    accepts = pinned.get("accepts")
+    if accepts:
+        lines += ["", f"Accepts: 64 bots reconnecting at once (connect, key, `Valid API key.` "
+                  f"after the durable charge, close), SQLite billing; target >= "
+                  f"{ACCEPTS_TARGET:,}/s",
+                  f"  {accepts['per_second']:,.0f}/s "
+                  f"{_verdict(accepts['per_second'] >= ACCEPTS_TARGET)}"
+                  f"; connect to answer p50 {accepts['p50'] / 1000:.1f} ms, p99 "
+                  f"{accepts['p99'] / 1000:.1f} ms; server CPU "
+                  f"{accepts['cpu']['server_us_per_answer']:,.0f} µs per accept"]
     lines += ["", "Verdict per model (all five: CPU sequential and 64-conn, p50, p99, 64-conn "
               "throughput)"]
     for name, row in rows.items():

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +180,24 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     log.debug("gc.frozen", objects=gc.get_freeze_count())
 
 
+def _bind_once(host: str, port: int, reuse_port: bool) -> None:
+    """Bind every address ``host`` names, as the server will (asyncio's socket options),
+    and let go at once: raises what the server's own bind would."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
+def _reason(exc: BaseException) -> object:
+    return getattr(exc, "strerror", None) or exc
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a file descriptor: allow as many as the system lets this process."""
     try:
@@ -216,6 +235,12 @@ def serve(
         if ready is not None:
             ready(url)
 
+    try:
+        # Start-up (the stores, the families' imports) takes seconds: a taken port is said
+        # before it, not after.
+        _bind_once(host, port, reuse_port)
+    except (OSError, OverflowError) as exc:
+        raise NemberError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
     app = create_app(nember)
     app.on_startup.append(_freeze_startup_objects)  # after the stores and families are up
     try:
@@ -230,7 +255,6 @@ def serve(
             print=announce,
             access_log=None,
         )
-    except (OSError, OverflowError) as exc:  # taken, not allowed, or no such port
-        reason = getattr(exc, "strerror", None) or exc
-        raise NemberError(f"cannot listen on {host}:{port}: {reason}") from None
+    except (OSError, OverflowError) as exc:  # taken meanwhile, or not allowed
+        raise NemberError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
     log.info("server.stopped")

@@ -165,6 +165,17 @@ class FamilyContract:
         for rows in (X, X[:1], X[:7]):
             _assert_same(model_type, np.asarray(predictor.many(rows)), expected[: len(rows)])
 
+    def test_the_trees_sums_path_answers_as_the_single_row_path(self, model_family, trained):
+        model_type, X, _, model = trained
+        predictor = model_family.predictor(model, model_type)
+        if predictor.decide is None:
+            pytest.skip("no decide: compiled trees are answered through one")
+        if predictor.ensemble is None:
+            pytest.fail("decide is for tree models: a Predictor with decide needs its ensemble")
+        # Exactly the same answers: the server switches between the two paths.
+        decided = [predictor.decide(predictor.ensemble.sums(row.tolist())) for row in X]
+        assert decided == _rows(predictor, X).tolist()
+
     def test_probabilities_sum_to_one_and_agree_with_the_class(self, model_family, trained):
         model_type, X, y, model = trained
         if model_type != "class":
