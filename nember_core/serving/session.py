@@ -173,7 +173,7 @@ class PredictionSession:
                 self.conn.predictions += 1
                 counts = FIGURES.predictions
                 counts[model.kind] = counts.get(model.kind, 0) + 1
-                return protocol.success(self.seq, False, prediction)
+                return protocol.existing(self.seq, prediction)
             request_id = protocol.request_id(request)
             strat, family, model_type = protocol.model_selector(request, self.api_key)
             key = ModelKey(self.conn.account_id, strat, family, model_type)

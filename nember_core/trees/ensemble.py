@@ -38,7 +38,7 @@ class TreeEnsemble:
     """Sum of the leaf values the row reaches in every tree, one sum per output."""
 
     __slots__ = ("trees", "less_equal", "dtype", "_roots", "_children", "_feature",
-                 "_threshold", "_value", "_depth", "_single", "_sums", "native")
+                 "_threshold", "_value", "_depth", "_single", "sums", "native")
 
     def __init__(self, trees: Sequence[Tree], less_equal: bool, dtype=np.float64,
                  single_row: Callable[[np.ndarray], np.ndarray] | None = None):
@@ -68,20 +68,17 @@ class TreeEnsemble:
         self._value = np.concatenate([t.value for t in trees]).astype(np.float64)
         self._depth = max(_depth(t) for t in trees)
         self._single = single_row or self._walk
-        self._sums = self._sums_of_array
+        # The per-output sums for one row given as a list of floats (an attribute, not a
+        # method: the compiled trees' own once they are in use, with no call in between).
+        self.sums: Callable[[list[float]], list[float]] = self._sums_of_array
         self.native = False
 
     def use_native(self, native: Callable[[np.ndarray], np.ndarray]) -> None:
         """Answer single rows with compiled code from now on (it computes the same sums);
         with its ``sums`` too when it has one (``NativeTrees``)."""
         self._single = native
-        self._sums = getattr(native, "sums", self._sums_of_array)
+        self.sums = getattr(native, "sums", self._sums_of_array)
         self.native = True
-
-    def sums(self, values: list[float]) -> list[float]:
-        """The per-output sums for one row given as a list of floats: without NumPy once
-        compiled."""
-        return self._sums(values)
 
     def _sums_of_array(self, values: list[float]) -> list[float]:
         return self._single(np.array(values, dtype=np.float64)).tolist()

@@ -143,7 +143,7 @@ class NativeTrees:
     ``TreeEnsemble`` does. Not thread-safe: one event loop calls it."""
 
     __slots__ = ("_library", "_predict", "_input", "_rounded", "_output", "_in", "_out",
-                 "_doubles", "_singles", "_row", "_sums", "_zeros")
+                 "_doubles", "_singles", "_row", "_sums", "_zeros", "_bare", "_bare_args")
 
     def __init__(self, path: Path, width: int, outputs: int, dtype: np.dtype):
         library = ctypes.CDLL(str(path))
@@ -173,6 +173,12 @@ class NativeTrees:
         self._row = (ctypes.c_double * width).from_address(self._in)
         self._sums = (ctypes.c_double * outputs).from_address(self._out)
         self._zeros: list[ctypes.c_double | float] = [0.0] * outputs
+        # The same function without argtypes, called with arguments made once: ctypes then
+        # converts nothing per call.
+        self._bare = library["predict"]
+        self._bare.restype = None
+        self._bare_args = (ctypes.c_void_p(self._in), ctypes.c_int(1),
+                           ctypes.c_void_p(self._out))
 
     def __call__(self, row: np.ndarray) -> np.ndarray:
         if self._rounded is None:
@@ -193,5 +199,5 @@ class NativeTrees:
         self._doubles.pack_into(self._row, 0, *values)
         sums = self._sums
         sums[:] = self._zeros
-        self._predict(self._in, 1, self._out)
+        self._bare(*self._bare_args)
         return sums[:]
