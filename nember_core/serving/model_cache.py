@@ -194,8 +194,8 @@ class ModelCache:
         self._loading_pinned: dict[tuple[ModelKey, int], asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()  # prefetches and compiles
         self._generation: str | None = None
-        # Bumped whenever the model served for any key changes: a connection that remembers
-        # the model it used last (``PredictionSession``) checks one int per frame, no lookup.
+        # Bumped whenever a model being served is replaced or dropped: a connection that
+        # remembers the model it used last (``PredictionSession``) checks one int per frame.
         self.changes = 0
 
     async def warm_up(self) -> None:
@@ -297,8 +297,7 @@ class ModelCache:
             return
         self._absent_forget(key)
         self._failures.pop(key, None)
-        self._entries[key] = entry
-        self.changes += 1
+        self._set(key, entry)
 
     async def _load_version(self, family: ModelFamily, meta: ModelMeta,
                             compile_later: bool = True) -> LoadedModel:
@@ -346,6 +345,11 @@ class ModelCache:
         return LoadedModel(meta, loaded.predictor, batcher, loaded.batch_rows, ensemble,
                            loaded.proba, loaded.decide)
 
+    def _set(self, key: ModelKey, entry: LoadedModel | None) -> None:
+        if self._entries.get(key) is not None:  # a model in use goes: its users look again
+            self.changes += 1
+        self._entries[key] = entry
+
     def _remember_failure(self, key: ModelKey, version: int | None, exc: Exception) -> None:
         previous = self._failures.get(key)
         delay = self._retry_base
@@ -367,8 +371,7 @@ class ModelCache:
 
     def _remember_absent(self, key: ModelKey, failure: LoadFailure | None = None) -> None:
         """No model to serve for ``key``: none in the store, or ``failure``."""
-        self._entries[key] = None
-        self.changes += 1
+        self._set(key, None)
         if failure is None:
             self._failures.pop(key, None)
         else:
@@ -438,8 +441,7 @@ class ModelCache:
             return
         FIGURES.model_compiles["compiled"] += 1
         if self._entries.get(key) is entry:  # still the version being served: switch
-            self._entries[key] = self._install(rebuilt)
-            self.changes += 1
+            self._set(key, self._install(rebuilt))
 
     async def wait_compiled(self) -> None:
         """Until every prefetch and compile started so far has finished (benchmarks)."""

@@ -75,6 +75,35 @@ async def test_a_retrained_model_reaches_a_live_connection(client, prepared, ser
     assert answer["message"] == NEW
 
 
+async def test_a_bot_asking_the_same_model_again_and_again_gets_the_retrained_one(
+        client, prepared, services):
+    owner = await services.accounts.by_email("trader@example.com")
+
+    async def train() -> None:
+        await services.models.train(owner.id, TrainingRequest(
+            strat="again", family="DecisionTree", model_type="class", data=prepared.data,
+            target="direction", window=2, features=["point1", "point2"]))
+
+    await train()
+    ws = await authed(client, prepared.key)
+    for _ in range(100):
+        if (await ask(ws, request(strat_name="again")))["type"] == "success":
+            break
+        await asyncio.sleep(0.05)
+    # The same model frame after frame: the connection's shortcut, until the retrain.
+    assert [(await ask(ws, request(strat_name="again")))["message"] for _ in range(3)] == [
+        EXISTING] * 3
+    await train()
+    for _ in range(100):  # the refresh interval is 0.05 s here
+        answer = await ask(ws, request(strat_name="again"))
+        if answer["message"] == NEW:
+            break
+        await asyncio.sleep(0.05)
+    assert answer["message"] == NEW
+    assert (await ask(ws, request(strat_name="again")))["message"] == EXISTING
+    await ws.close()
+
+
 async def test_closing_through_the_api_sends_4000(client, prepared):
     ws = await authed(client, prepared.key)
     headers = {"Authorization": f"Bearer {prepared.key}"}
