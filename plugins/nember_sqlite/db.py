@@ -7,22 +7,72 @@ import asyncio
 import contextlib
 import fcntl
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import aiosqlite
 
 BUSY_TIMEOUT_SECONDS = 30
+PARAMETERS = 500  # per statement: well under SQLite's limit
 Statements = Sequence[tuple[str, Sequence]]  # (SQL, its arguments), in order
+Job = TypeVar("Job")
+Result = TypeVar("Result")
 
 
-def _settle(done: asyncio.Future, error: BaseException | None = None) -> None:
+def _settle(done: asyncio.Future, result: object = None,
+            error: BaseException | None = None) -> None:
     if not done.done():  # its caller may have been cancelled meanwhile
         if error is None:
-            done.set_result(None)
+            done.set_result(result)
         else:
             done.set_exception(error)
+
+
+class Together(Generic[Job, Result]):
+    """Jobs that coroutines hand in while a batch runs make the next batch: ``run(jobs)``
+    once per batch, one trip through the database for a storm of callers (each trip to a
+    connection's thread costs thread switches and GIL hand-overs, more than most
+    statements). Each caller gets its job's result (``run`` returns them in order) once its
+    batch is done; a batch that fails is run again job by job, so one bad job fails only its
+    own caller. A caller cancelled before its turn is left out."""
+
+    def __init__(self, run: Callable[[list[Job]], Awaitable[Sequence[Result]]]):
+        self._run = run
+        self._queued: list[tuple[Job, asyncio.Future]] = []
+        self._running: asyncio.Future | None = None
+
+    async def __call__(self, job: Job) -> Result:
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((job, done))
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run_queued())
+        return await done
+
+    async def _run_queued(self) -> None:
+        try:
+            while self._queued:  # whatever queued up during the last batch goes next
+                batch = [queued for queued in self._queued if not queued[1].done()]
+                self._queued = []
+                try:
+                    results = await self._run([job for job, _ in batch])
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][1], error=exc)
+                        continue
+                    for job, done in batch:
+                        try:
+                            (result,) = await self._run([job])
+                        except Exception as alone:
+                            _settle(done, error=alone)
+                        else:
+                            _settle(done, result)
+                    continue
+                for (_, done), result in zip(batch, results, strict=True):
+                    _settle(done, result)
+        finally:
+            self._running = None
 
 
 async def connect(path: Path, schema: str, durable: bool = True,
@@ -37,7 +87,9 @@ async def connect(path: Path, schema: str, durable: bool = True,
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_initialize, path, schema, migrations)
-    db = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+    # No implicit BEGIN: a transaction is either ``Database.transaction``'s explicit one or a
+    # single statement (``Database.write``), committed as it runs.
+    db = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
     try:
         await db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
@@ -83,8 +135,7 @@ class Database:
     def __init__(self, connection: aiosqlite.Connection):
         self._db = connection
         self._lock = asyncio.Lock()
-        self._queued: list[tuple[Statements, asyncio.Future]] = []  # for ``commit_together``
-        self._committing: asyncio.Future | None = None
+        self._commits = Together(self._run)
 
     @classmethod
     async def open(cls, path: Path, schema: str, durable: bool = True,
@@ -109,55 +160,34 @@ class Database:
     async def commit_together(self, statements: Statements) -> None:
         """Run ``statements`` in one transaction with those that other coroutines ask for
         meanwhile: one commit, one fsync, for a storm of accepts; each caller returns once
-        its own are durable. A transaction that fails is tried again per caller, so one bad
-        job (a duplicate key) fails only its own caller. A caller cancelled before its turn
-        is left out."""
-        done = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, done))
-        if self._committing is None:
-            self._committing = asyncio.ensure_future(self._commit_queued())
-        await done
+        its own are durable; a bad job (a duplicate key) fails only its own caller."""
+        await self._commits(statements)
 
-    async def _commit_queued(self) -> None:
-        try:
-            while self._queued:  # whatever queued up during the last commit goes next
-                jobs = [job for job in self._queued if not job[1].done()]
-                self._queued = []
-                try:
-                    await self._run(jobs)
-                except Exception as exc:
-                    if len(jobs) == 1:
-                        _settle(jobs[0][1], exc)
-                        continue
-                    for job in jobs:
-                        try:
-                            await self._run([job])
-                        except Exception as alone:
-                            _settle(job[1], alone)
-                        else:
-                            _settle(job[1])
-                    continue
-                for _, done in jobs:
-                    _settle(done)
-        finally:
-            self._committing = None
-
-    async def _run(self, jobs: list[tuple[Statements, asyncio.Future]]) -> None:
+    async def _run(self, jobs: list[Statements]) -> list[None]:
         """Every job's statements in one transaction, one ``executemany`` per SQL text (in
         the order each first appears: a row's parent before it)."""
         grouped: dict[str, list[Sequence]] = {}
-        for statements, _ in jobs:
+        for statements in jobs:
             for sql, args in statements:
                 grouped.setdefault(sql, []).append(args)
         async with self.transaction() as db:
             for sql, rows in grouped.items():
                 await db.executemany(sql, rows)
+        return [None] * len(jobs)
+
+    async def write(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        """One statement as a transaction of its own, in one trip to the connection's
+        thread; the rows it returns (``RETURNING``). Every read the statement makes is inside
+        its write lock, so a conditional INSERT ... SELECT counts and inserts atomically
+        across processes."""
+        async with self._lock:
+            return list(await self._db.execute_fetchall(sql, args))
 
     async def read(self, sql: str, args: Iterable = ()) -> list[tuple]:
-        """The rows of one query, never inside another coroutine's unfinished transaction."""
+        """The rows of one query (in one trip to the connection's thread), never inside
+        another coroutine's unfinished transaction."""
         async with self._lock:
-            async with self._db.execute(sql, tuple(args)) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._db.execute_fetchall(sql, tuple(args)))
 
     async def ping(self) -> None:
         await self.read("SELECT 1")

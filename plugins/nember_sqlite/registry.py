@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ import structlog
 
 from nember_core.plugin_api import CloseConnection, LiveConnection
 
-from .db import Database
+from .db import PARAMETERS, Database, Together
 
 log = structlog.get_logger("nember.registry")
 
@@ -57,9 +58,25 @@ CREATE TABLE IF NOT EXISTS close_requests (
     code INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+-- A connection's pending close request leaves with it: unlisting one is then one statement.
+CREATE TRIGGER IF NOT EXISTS connection_gone AFTER DELETE ON connections BEGIN
+    DELETE FROM close_requests WHERE connection_id = OLD.id;
+END;
 """
-INSERT = ("INSERT OR IGNORE INTO connections (id, instance, node, account_id, key_id, key_name, "
-          "remote, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_COLUMNS = "id, instance, node, account_id, key_id, key_name, remote, opened_at"
+INSERT = f"INSERT OR IGNORE INTO connections ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Rows of connections, each with how many of its account's come before it in the batch and
+# its limit: those whose account's live connections (of instances alive), with those before
+# it, are under the limit go in. SQLite reads every row's count before it inserts any (the
+# statement reads the table it writes); were it not to, the batch would only admit fewer.
+ADDED_UNDER_LIMITS = (
+    f"INSERT INTO connections ({_COLUMNS}) "
+    "SELECT column1, column2, column3, column4, column5, column6, column7, column8 "
+    "FROM (VALUES {rows}) AS batch WHERE column9 + (SELECT COUNT(*) FROM connections "
+    "JOIN instances USING (instance) WHERE account_id = batch.column4 AND seen_at >= ?) "
+    "< column10 ON CONFLICT (id) DO UPDATE SET instance = excluded.instance RETURNING id"
+)  # (a connection listed already, by a rejoin, stays listed)
+ADD_ROW = "(" + ",".join("?" * 10) + ")"
 
 
 class SqliteConnectionRegistry:
@@ -74,6 +91,9 @@ class SqliteConnectionRegistry:
         self._unremoved: set[str] = set()  # ended connections a failed write left listed
         self._closing: set[asyncio.Task] = set()
         self._beating: asyncio.Task | None = None
+        # Connections that come or go together (a storm of reconnects) share a statement.
+        self._admit = Together(self._admit_now)
+        self._unlist = Together(self._delete_now)
 
     @classmethod
     async def open(cls, path: Path, node: str, heartbeat: float = 1.0):
@@ -98,31 +118,44 @@ class SqliteConnectionRegistry:
         return time.time() - STALE_AFTER * self._heartbeat
 
     async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
-        # The count and the insert in one write transaction: limits hold across processes.
-        async with self._db.transaction() as db:
-            cursor = await db.execute(
-                "SELECT COUNT(*) FROM connections JOIN instances USING (instance) "
-                "WHERE account_id = ? AND seen_at >= ?",
-                (conn.account_id, self._alive_since()),
-            )
-            (count,) = await cursor.fetchone()
-            if count >= limit:
-                return False
-            await db.execute(INSERT, self._row(conn))
+        if not await self._admit((conn, limit)):
+            return False
         self._local[conn.id] = conn
         self._closers[conn.id] = close
         return True
+
+    async def _admit_now(self, batch: list[tuple[LiveConnection, int]]) -> list[bool]:
+        """A storm's connections in one statement per ``PARAMETERS``: the count and the
+        inserts under one write lock, so limits hold across processes."""
+        added: set[str] = set()
+        per_statement = PARAMETERS // 10
+        for start in range(0, len(batch), per_statement):
+            rows: list = []
+            before: Counter[str] = Counter()  # the account's connections earlier in the batch
+            for conn, limit in batch[start : start + per_statement]:
+                rows += (*self._row(conn), before[conn.account_id], limit)
+                before[conn.account_id] += 1
+            sql = ADDED_UNDER_LIMITS.format(rows=",".join([ADD_ROW] * (len(rows) // 10)))
+            returned = await self._db.write(sql, (*rows, self._alive_since()))
+            added.update(conn_id for (conn_id,) in returned)
+        return [conn.id in added for conn, _ in batch]
 
     async def remove(self, conn: LiveConnection) -> None:
         self._local.pop(conn.id, None)
         self._closers.pop(conn.id, None)
         self._reported.pop(conn.id, None)
         try:
-            async with self._db.transaction() as db:
-                await _delete(db, [conn.id])
+            await self._unlist(conn.id)
         except Exception as exc:  # a locked or full disk: unlisted by the next heartbeat
             self._unremoved.add(conn.id)
             log.error("registry.remove_failed", error=str(exc))
+
+    async def _delete_now(self, connection_ids: list[str]) -> list[None]:
+        for start in range(0, len(connection_ids), PARAMETERS):
+            chunk = connection_ids[start : start + PARAMETERS]
+            await self._db.write(
+                f"DELETE FROM connections WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return [None] * len(connection_ids)
 
     async def list(self, account_id: str) -> list[LiveConnection]:
         rows = await self._db.read(
@@ -169,8 +202,8 @@ class SqliteConnectionRegistry:
     async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
         ids = list(set(connection_ids))
         live: set[str] = set()
-        for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), PARAMETERS):
+            chunk = ids[start : start + PARAMETERS]
             rows = await self._db.read(
                 "SELECT id FROM connections JOIN instances USING (instance) "
                 f"WHERE id IN ({','.join('?' * len(chunk))}) AND seen_at >= ?",
@@ -258,8 +291,6 @@ class SqliteConnectionRegistry:
 
 
 async def _delete(db, connection_ids: list[str]) -> None:
-    """Unlist these connections and their pending close requests (inside a transaction)."""
+    """Unlist these connections, and so their pending close requests (in a transaction)."""
     marks = ",".join("?" * len(connection_ids))
     await db.execute(f"DELETE FROM connections WHERE id IN ({marks})", connection_ids)
-    await db.execute(f"DELETE FROM close_requests WHERE connection_id IN ({marks})",
-                     connection_ids)

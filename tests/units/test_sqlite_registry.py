@@ -114,3 +114,37 @@ async def test_a_cancelled_call_leaves_no_transaction_open(tmp_path):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_storm_of_connections_each_gets_its_accounts_limit_in_few_statements(
+        tmp_path, monkeypatch):
+    """Connections accepted at once on two instances are admitted in a few statements, and
+    still exactly up to each account's limit across both."""
+    from nember_sqlite.db import Database
+
+    statements = 0
+    real = Database.write
+
+    async def counted(self, sql, args=()):
+        nonlocal statements
+        statements += sql.startswith("INSERT")
+        return await real(self, sql, args)
+
+    a, b = await _pair(tmp_path)
+    monkeypatch.setattr(Database, "write", counted)
+    try:
+        conns = [Conn(f"c{i}", account_id=f"acct_{i % 3}") for i in range(300)]
+        limits = {"acct_0": 7, "acct_1": 40, "acct_2": 500}
+        added = await asyncio.gather(*(
+            _add(a if i % 2 else b, conn, limits[conn.account_id])
+            for i, conn in enumerate(conns)))
+        admitted = {account: [c.id for c, ok in zip(conns, added, strict=True)
+                              if ok and c.account_id == account] for account in limits}
+        assert {account: len(ids) for account, ids in admitted.items()} == {
+            "acct_0": 7, "acct_1": 40, "acct_2": 100}
+        for account, ids in admitted.items():
+            assert sorted(c.id for c in await a.list(account)) == sorted(ids)
+        assert statements < 30, f"{statements} statements for 300 connections"
+    finally:
+        await a.close()
+        await b.close()

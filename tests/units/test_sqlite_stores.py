@@ -166,3 +166,36 @@ async def test_charges_made_at_once_share_commits_and_each_waits_for_its_own(tmp
         await ledger.close()
     assert all(seen)
     assert transactions < 20, f"{transactions} commits for 200 charges"
+
+
+def _counting_reads(monkeypatch) -> list[str]:
+    from nember_sqlite.db import Database
+
+    queries: list[str] = []
+    real = Database.read
+
+    async def counted(self, sql, args=()):
+        queries.append(sql)
+        return await real(self, sql, args)
+
+    monkeypatch.setattr(Database, "read", counted)
+    return queries
+
+
+async def test_keys_looked_up_at_once_share_queries_and_each_gets_its_own(tmp_path,
+                                                                         monkeypatch):
+    """A storm of bots reconnecting: each secret answers with its own key (or none, if
+    unknown or revoked), in a few queries rather than one per bot."""
+    store = await SqliteKeyStore.open(tmp_path / "keys.sqlite3")
+    try:
+        account = await store.create_account("a@example.com", "pw-123456")
+        keys = [await store.create_key(account.id, f"bot{i}", "trade") for i in range(3)]
+        await store.revoke_key(keys[2].key.id)
+        queries = _counting_reads(monkeypatch)
+        secrets = [keys[i % 3].secret for i in range(150)] + ["nmb_unknown"] * 50
+        found = await asyncio.gather(*(store.authenticate(s) for s in secrets))
+    finally:
+        await store.close()
+    expected = [(keys[i % 3].key.id if i % 3 < 2 else None) for i in range(150)] + [None] * 50
+    assert [key.id if key else None for key in found] == expected
+    assert len(queries) < 20, f"{len(queries)} queries for 200 look-ups"
