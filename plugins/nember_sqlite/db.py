@@ -44,11 +44,15 @@ class Together(Generic[Job, Result]):
         self._running: asyncio.Future | None = None
 
     async def __call__(self, job: Job) -> Result:
+        return await self.submit(job)
+
+    def submit(self, job: Job) -> asyncio.Future[Result]:
+        """The job's future result (cancelled before its batch starts: left out)."""
         done = asyncio.get_running_loop().create_future()
         self._queued.append((job, done))
         if self._running is None:
             self._running = asyncio.ensure_future(self._run_queued())
-        return await done
+        return done
 
     async def _run_queued(self) -> None:
         try:

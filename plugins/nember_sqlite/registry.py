@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -90,6 +91,7 @@ class SqliteConnectionRegistry:
         self._reported: dict[str, tuple] = {}  # their counters as last written
         self._unremoved: set[str] = set()  # ended connections a failed write left listed
         self._closing: set[asyncio.Task] = set()
+        self._unlisting: set[asyncio.Future] = set()  # admitted for a caller who left
         self._beating: asyncio.Task | None = None
         # Connections that come or go together (a storm of reconnects) share a statement.
         self._admit = Together(self._admit_now)
@@ -118,11 +120,22 @@ class SqliteConnectionRegistry:
         return time.time() - STALE_AFTER * self._heartbeat
 
     async def add(self, conn: LiveConnection, limit: int, close: CloseConnection) -> bool:
-        if not await self._admit((conn, limit)):
-            return False
+        admitted = self._admit.submit((conn, limit))
+        try:
+            if not await asyncio.shield(admitted):
+                return False
+        except asyncio.CancelledError:  # its batch goes on: what it lists, unlist
+            admitted.add_done_callback(partial(self._unlist_if_admitted, conn))
+            raise
         self._local[conn.id] = conn
         self._closers[conn.id] = close
         return True
+
+    def _unlist_if_admitted(self, conn: LiveConnection, admitted: asyncio.Future) -> None:
+        if not admitted.cancelled() and admitted.exception() is None and admitted.result():
+            task = asyncio.ensure_future(self.remove(conn))
+            self._unlisting.add(task)
+            task.add_done_callback(self._unlisting.discard)
 
     async def _admit_now(self, batch: list[tuple[LiveConnection, int]]) -> list[bool]:
         """A storm's connections in one statement per ``PARAMETERS``: the count and the
@@ -285,6 +298,8 @@ class SqliteConnectionRegistry:
     async def close(self) -> None:
         if self._beating is not None:
             self._beating.cancel()
+        for unlisting in self._unlisting:
+            unlisting.cancel()  # its row goes with the instance's
         async with self._db.transaction() as db:
             await self._forget(db, "instance = ?", (self._instance,))
         await self._db.close()

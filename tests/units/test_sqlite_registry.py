@@ -148,3 +148,23 @@ async def test_a_storm_of_connections_each_gets_its_accounts_limit_in_few_statem
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_connection_whose_admission_is_cancelled_is_not_left_listed(tmp_path):
+    """A handler cancelled while its connection's batch is being admitted (a shutdown past
+    its timeout) never holds the connection: it must not stay listed, counting against the
+    account's limit."""
+    a, b = await _pair(tmp_path)
+    try:
+        for step in range(6):  # cancel it at different points of its batch
+            adding = asyncio.create_task(_add(a, Conn(f"c{step}"), 5))
+            for _ in range(step):
+                await asyncio.sleep(0)
+            adding.cancel()
+            await asyncio.gather(adding, return_exceptions=True)
+        await asyncio.sleep(0.3)  # the batches they were in, and the unlisting, run on
+        assert await b.list("acct_1") == []
+        assert [await _add(a, Conn(f"d{i}"), 5) for i in range(6)] == [True] * 5 + [False]
+    finally:
+        await a.close()
+        await b.close()
