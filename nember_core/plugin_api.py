@@ -54,6 +54,7 @@ from .records import (
     TrainingJob,
     utcnow,
 )
+from .together import Together
 from .trees.ensemble import Tree, TreeEnsemble
 
 __all__ = [
@@ -77,6 +78,8 @@ __all__ = [
     # helpers for key stores
     "new_id", "new_api_key", "key_hash", "hash_password", "check_password",
     "VISIBLE_PREFIX_LENGTH",
+    # helpers for stores
+    "Together",
 ]
 
 T = TypeVar("T")

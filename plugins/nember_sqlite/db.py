@@ -7,76 +7,17 @@ import asyncio
 import contextlib
 import fcntl
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import aiosqlite
+
+from nember_core.plugin_api import Together
 
 BUSY_TIMEOUT_SECONDS = 30
 PARAMETERS = 500  # per statement: well under SQLite's limit
 Statements = Sequence[tuple[str, Sequence]]  # (SQL, its arguments), in order
-Job = TypeVar("Job")
-Result = TypeVar("Result")
-
-
-def _settle(done: asyncio.Future, result: object = None,
-            error: BaseException | None = None) -> None:
-    if not done.done():  # its caller may have been cancelled meanwhile
-        if error is None:
-            done.set_result(result)
-        else:
-            done.set_exception(error)
-
-
-class Together(Generic[Job, Result]):
-    """Jobs that coroutines hand in while a batch runs make the next batch: ``run(jobs)``
-    once per batch, one trip through the database for a storm of callers (each trip to a
-    connection's thread costs thread switches and GIL hand-overs, more than most
-    statements). Each caller gets its job's result (``run`` returns them in order) once its
-    batch is done; a batch that fails is run again job by job, so one bad job fails only its
-    own caller. A caller cancelled before its turn is left out."""
-
-    def __init__(self, run: Callable[[list[Job]], Awaitable[Sequence[Result]]]):
-        self._run = run
-        self._queued: list[tuple[Job, asyncio.Future]] = []
-        self._running: asyncio.Future | None = None
-
-    async def __call__(self, job: Job) -> Result:
-        return await self.submit(job)
-
-    def submit(self, job: Job) -> asyncio.Future[Result]:
-        """The job's future result (cancelled before its batch starts: left out)."""
-        done = asyncio.get_running_loop().create_future()
-        self._queued.append((job, done))
-        if self._running is None:
-            self._running = asyncio.ensure_future(self._run_queued())
-        return done
-
-    async def _run_queued(self) -> None:
-        try:
-            while self._queued:  # whatever queued up during the last batch goes next
-                batch = [queued for queued in self._queued if not queued[1].done()]
-                self._queued = []
-                try:
-                    results = await self._run([job for job, _ in batch])
-                except Exception as exc:
-                    if len(batch) == 1:
-                        _settle(batch[0][1], error=exc)
-                        continue
-                    for job, done in batch:
-                        try:
-                            (result,) = await self._run([job])
-                        except Exception as alone:
-                            _settle(done, error=alone)
-                        else:
-                            _settle(done, result)
-                    continue
-                for (_, done), result in zip(batch, results, strict=True):
-                    _settle(done, result)
-        finally:
-            self._running = None
 
 
 async def connect(path: Path, schema: str, durable: bool = True,

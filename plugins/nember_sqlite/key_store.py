@@ -18,6 +18,7 @@ from nember_core.plugin_api import (
     ApiKey,
     NewApiKey,
     NotFound,
+    Together,
     check_password,
     hash_password,
     key_hash,
@@ -26,7 +27,7 @@ from nember_core.plugin_api import (
     utcnow,
 )
 
-from .db import PARAMETERS, Database, Together
+from .db import PARAMETERS, Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (

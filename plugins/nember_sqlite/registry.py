@@ -25,9 +25,9 @@ from pathlib import Path
 
 import structlog
 
-from nember_core.plugin_api import CloseConnection, LiveConnection
+from nember_core.plugin_api import CloseConnection, LiveConnection, Together
 
-from .db import PARAMETERS, Database, Together
+from .db import PARAMETERS, Database
 
 log = structlog.get_logger("nember.registry")
 

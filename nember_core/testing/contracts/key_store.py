@@ -57,6 +57,17 @@ class KeyStoreContract(StoreContract):
         with pytest.raises(NotFound):
             await store.revoke_key("key_nope")
 
+    async def test_a_storm_of_bots_each_gets_its_own_key(self, store):
+        """Bots of several keys (one revoked) and strangers reconnecting at once: each
+        secret authenticates as its own key, or not at all."""
+        account = await store.create_account("a@example.com", PASSWORD)
+        keys = [await store.create_key(account.id, f"bot{i}", "trade") for i in range(3)]
+        await store.revoke_key(keys[2].key.id)
+        secrets = [keys[i % 3].secret for i in range(60)] + ["nmb_not-a-key"] * 20
+        found = await asyncio.gather(*(store.authenticate(s) for s in secrets))
+        expected = [keys[i % 3].key.id if i % 3 < 2 else None for i in range(60)] + [None] * 20
+        assert [key.id if key else None for key in found] == expected
+
     async def test_sessions_last_their_lifetime_and_end_on_logout(self, store):
         account = await store.create_account("a@example.com", PASSWORD)
         token = await store.create_session(account.id, 3600)

@@ -1,0 +1,53 @@
+"""``plugin_api.Together``: calls made at once, served in batches, each caller its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nember_core.plugin_api import Together
+
+
+class Doubler:
+    """A store's round trip: doubles numbers, refuses negative ones (the whole batch fails)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    async def run(self, jobs: list[int]) -> list[int]:
+        self.batches.append(list(jobs))
+        await asyncio.sleep(0.01)  # the round trip, during which others queue up
+        if any(job < 0 for job in jobs):
+            raise ValueError(f"negative among {jobs}")
+        return [2 * job for job in jobs]
+
+
+async def test_callers_at_once_share_a_few_batches_and_each_gets_its_own_result():
+    doubler = Doubler()
+    double = Together(doubler.run)
+    assert await asyncio.gather(*(double(n) for n in range(100))) == [2 * n for n in range(100)]
+    assert len(doubler.batches) <= 2  # the first caller's batch, then everyone else's
+    assert sorted(n for batch in doubler.batches for n in batch) == list(range(100))
+
+
+async def test_a_bad_job_fails_only_its_own_caller():
+    double = Together(Doubler().run)
+    results = await asyncio.gather(*(double(n) for n in (1, -1, 2, 3)), return_exceptions=True)
+    assert results[0] == 2 and results[2:] == [4, 6]
+    assert isinstance(results[1], ValueError)
+
+
+async def test_a_caller_cancelled_before_its_batch_starts_is_left_out():
+    doubler = Doubler()
+    double = Together(doubler.run)
+    first = asyncio.ensure_future(double(1))
+    await asyncio.sleep(0)  # the first batch is running
+    gone = asyncio.ensure_future(double(5))
+    kept = asyncio.ensure_future(double(6))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert (await first, await kept) == (2, 12)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert doubler.batches == [[1], [6]]
