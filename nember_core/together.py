@@ -23,17 +23,20 @@ class Together(Generic[Job, Result]):
     """Jobs that coroutines hand in while a batch runs make the next batch: ``run(jobs)``
     once per batch, so a storm of callers (bots reconnecting at once) costs a store a few
     round trips, not one each. Each caller gets its job's result (``run`` returns them in
-    order) once its batch is done; a batch that fails is run again job by job, so one bad job
-    fails only its own caller. A caller cancelled before its batch starts is left out; one
-    cancelled later leaves its job to run (``submit`` and ``asyncio.shield`` let it undo
-    what it must).
+    order) once its batch is done. A batch that fails with an error in ``split_on`` (one a
+    single job can cause: a duplicate key) is run again job by job, so that job fails only its
+    own caller; any other error (the store is down or slow) goes to every caller of the batch
+    at once. A caller cancelled before its batch starts is left out; one cancelled later
+    leaves its job to run (``submit`` and ``asyncio.shield`` let it undo what it must).
 
     For example, key look-ups: ``lookup = Together(fetch_keys)``, where ``fetch_keys(hashes)``
     reads every hash in one query and returns a key or None per hash; then ``await
     lookup(key_hash(secret))``."""
 
-    def __init__(self, run: Callable[[list[Job]], Awaitable[Sequence[Result]]]):
+    def __init__(self, run: Callable[[list[Job]], Awaitable[Sequence[Result]]],
+                 split_on: tuple[type[Exception], ...] = ()):
         self._run = run
+        self._split_on = split_on
         self._queued: list[tuple[Job, asyncio.Future]] = []
         self._running: asyncio.Future | None = None
 
@@ -56,8 +59,9 @@ class Together(Generic[Job, Result]):
                 try:
                     results = await self._run([job for job, _ in batch])
                 except Exception as exc:
-                    if len(batch) == 1:
-                        _settle(batch[0][1], error=exc)
+                    if len(batch) == 1 or not isinstance(exc, self._split_on):
+                        for _, done in batch:
+                            _settle(done, error=exc)
                         continue
                     for job, done in batch:
                         try:

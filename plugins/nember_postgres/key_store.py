@@ -21,7 +21,6 @@ from nember_core.plugin_api import (
     ApiKey,
     NewApiKey,
     NotFound,
-    Together,
     check_password,
     hash_password,
     key_hash,
@@ -30,8 +29,7 @@ from nember_core.plugin_api import (
     utcnow,
 )
 
-from .db import Database
-from .migrations import SchemaState, SchemaStore
+from .migrations import SchemaStore
 
 COMPONENT = "keys"
 MIGRATIONS = [
@@ -104,10 +102,6 @@ async def purge(conn: asyncpg.Connection, table: str, key: str, condition: str,
 
 
 class PostgresKeyStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
-    def __init__(self, db: Database, schema: SchemaState):
-        super().__init__(db, schema)
-        self._look_up = Together(self._look_up_now)  # accepts that come together
-
     async def create_account(self, email: str, password: str) -> Account:
         email = email.strip()
         password_hash = await asyncio.to_thread(hash_password, password)
@@ -180,15 +174,10 @@ class PostgresKeyStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
         return _key(row) if row else None
 
     async def authenticate(self, secret: str) -> ApiKey | None:
-        return await self._look_up(key_hash(secret))
-
-    async def _look_up_now(self, hashes: list[str]) -> list[ApiKey | None]:
-        """A storm's keys in one query (a fleet of bots shares a few keys)."""
-        rows = await self._db.fetch(
-            f"SELECT {_KEY_COLUMNS}, key_hash FROM nember_api_keys "
-            "WHERE key_hash = ANY($1::text[]) AND revoked_at IS NULL", list(set(hashes)))
-        found = {row["key_hash"]: _key(row) for row in rows}
-        return [found.get(hashed) for hashed in hashes]
+        row = await self._db.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM nember_api_keys "
+            "WHERE key_hash = $1 AND revoked_at IS NULL", key_hash(secret))
+        return _key(row) if row else None
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         # One statement: revoked once (the first time stays), and the key as it is now.

@@ -80,7 +80,8 @@ class Database:
     def __init__(self, connection: aiosqlite.Connection):
         self._db = connection
         self._lock = asyncio.Lock()
-        self._commits = Together(self._run)
+        # A duplicate fails its own job: the batch is run again job by job.
+        self._commits = Together(self._run, split_on=(sqlite3.IntegrityError,))
 
     @classmethod
     async def open(cls, path: Path, schema: str, durable: bool = True,

@@ -32,10 +32,20 @@ async def test_callers_at_once_share_a_few_batches_and_each_gets_its_own_result(
 
 
 async def test_a_bad_job_fails_only_its_own_caller():
-    double = Together(Doubler().run)
+    double = Together(Doubler().run, split_on=(ValueError,))
     results = await asyncio.gather(*(double(n) for n in (1, -1, 2, 3)), return_exceptions=True)
     assert results[0] == 2 and results[2:] == [4, 6]
     assert isinstance(results[1], ValueError)
+
+
+async def test_a_store_that_is_down_fails_the_batch_at_once_not_job_by_job():
+    """A timeout is no job's fault: trying each job alone would make every caller wait one
+    timeout per job before it."""
+    doubler = Doubler()
+    double = Together(doubler.run, split_on=(KeyError,))
+    results = await asyncio.gather(*(double(n) for n in (1, -1, 2, 3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert doubler.batches == [[1, -1, 2, 3]]  # and no retries
 
 
 async def test_a_caller_cancelled_before_its_batch_starts_is_left_out():
