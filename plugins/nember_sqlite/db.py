@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import fcntl
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
@@ -18,6 +19,18 @@ from nember_core.plugin_api import Together
 BUSY_TIMEOUT_SECONDS = 30
 PARAMETERS = 500  # per statement: well under SQLite's limit
 Statements = Sequence[tuple[str, Sequence]]  # (SQL, its arguments), in order
+Item = TypeVar("Item")
+
+
+def chunks(items: Sequence[Item], size: int = PARAMETERS) -> Iterator[Sequence[Item]]:
+    """``items`` in pieces of ``size``: one statement's worth of parameters each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def marks(count: int) -> str:
+    """``?,?,...``: ``count`` parameters, for an ``IN (...)``."""
+    return ",".join("?" * count)
 
 
 async def connect(path: Path, schema: str, durable: bool = True,

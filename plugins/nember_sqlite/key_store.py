@@ -27,7 +27,7 @@ from nember_core.plugin_api import (
     utcnow,
 )
 
-from .db import PARAMETERS, Database
+from .db import Database, chunks, marks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -194,12 +194,10 @@ class SqliteKeyStore:
     async def _look_up_now(self, hashes: list[str]) -> list[ApiKey | None]:
         """A storm's keys in one query (a fleet of bots shares a few keys)."""
         found: dict[str, ApiKey] = {}
-        wanted = list(set(hashes))
-        for start in range(0, len(wanted), PARAMETERS):
-            chunk = wanted[start : start + PARAMETERS]
+        for chunk in chunks(list(set(hashes))):
             rows = await self._db.read(
                 f"SELECT {_KEY_COLUMNS}, key_hash FROM api_keys "
-                f"WHERE key_hash IN ({','.join('?' * len(chunk))}) AND revoked_at IS NULL",
+                f"WHERE key_hash IN ({marks(len(chunk))}) AND revoked_at IS NULL",
                 chunk,
             )
             found.update((row[-1], _key(row)) for row in rows)

@@ -27,7 +27,7 @@ import structlog
 
 from nember_core.plugin_api import CloseConnection, LiveConnection, Together
 
-from .db import PARAMETERS, Database
+from .db import PARAMETERS, Database, chunks, marks
 
 log = structlog.get_logger("nember.registry")
 
@@ -77,7 +77,8 @@ ADDED_UNDER_LIMITS = (
     "JOIN instances USING (instance) WHERE account_id = batch.column4 AND seen_at >= ?) "
     "< column10 ON CONFLICT (id) DO UPDATE SET instance = excluded.instance RETURNING id"
 )  # (a connection listed already, by a rejoin, stays listed)
-ADD_ROW = "(" + ",".join("?" * 10) + ")"
+ADD_FIELDS = 10  # per row of the batch: the 8 columns, the rank in the batch, the limit
+ADD_ROW = f"({marks(ADD_FIELDS)})"
 
 
 class SqliteConnectionRegistry:
@@ -141,14 +142,13 @@ class SqliteConnectionRegistry:
         """A storm's connections in one statement per ``PARAMETERS``: the count and the
         inserts under one write lock, so limits hold across processes."""
         added: set[str] = set()
-        per_statement = PARAMETERS // 10
-        for start in range(0, len(batch), per_statement):
+        for part in chunks(batch, PARAMETERS // ADD_FIELDS):
             rows: list = []
             before: Counter[str] = Counter()  # the account's connections earlier in the batch
-            for conn, limit in batch[start : start + per_statement]:
+            for conn, limit in part:
                 rows += (*self._row(conn), before[conn.account_id], limit)
                 before[conn.account_id] += 1
-            sql = ADDED_UNDER_LIMITS.format(rows=",".join([ADD_ROW] * (len(rows) // 10)))
+            sql = ADDED_UNDER_LIMITS.format(rows=",".join([ADD_ROW] * len(part)))
             returned = await self._db.write(sql, (*rows, self._alive_since()))
             added.update(conn_id for (conn_id,) in returned)
         return [conn.id in added for conn, _ in batch]
@@ -164,10 +164,9 @@ class SqliteConnectionRegistry:
             log.error("registry.remove_failed", error=str(exc))
 
     async def _delete_now(self, connection_ids: list[str]) -> list[None]:
-        for start in range(0, len(connection_ids), PARAMETERS):
-            chunk = connection_ids[start : start + PARAMETERS]
-            await self._db.write(
-                f"DELETE FROM connections WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        for chunk in chunks(connection_ids):
+            await self._db.write(f"DELETE FROM connections WHERE id IN ({marks(len(chunk))})",
+                                 chunk)
         return [None] * len(connection_ids)
 
     async def list(self, account_id: str) -> list[LiveConnection]:
@@ -215,11 +214,10 @@ class SqliteConnectionRegistry:
     async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
         ids = list(set(connection_ids))
         live: set[str] = set()
-        for start in range(0, len(ids), PARAMETERS):
-            chunk = ids[start : start + PARAMETERS]
+        for chunk in chunks(ids):
             rows = await self._db.read(
                 "SELECT id FROM connections JOIN instances USING (instance) "
-                f"WHERE id IN ({','.join('?' * len(chunk))}) AND seen_at >= ?",
+                f"WHERE id IN ({marks(len(chunk))}) AND seen_at >= ?",
                 (*chunk, self._alive_since()),
             )
             live.update(row[0] for row in rows)
@@ -307,5 +305,5 @@ class SqliteConnectionRegistry:
 
 async def _delete(db, connection_ids: list[str]) -> None:
     """Unlist these connections, and so their pending close requests (in a transaction)."""
-    marks = ",".join("?" * len(connection_ids))
-    await db.execute(f"DELETE FROM connections WHERE id IN ({marks})", connection_ids)
+    await db.execute(f"DELETE FROM connections WHERE id IN ({marks(len(connection_ids))})",
+                     connection_ids)
