@@ -104,7 +104,7 @@ class PinnedMiss:
 class LoadedModel:
     __slots__ = ("meta", "version", "extractor", "batcher", "predictor", "batch_rows",
                  "ensemble", "kind", "_labels", "proba", "_label_names", "_bounds",
-                 "trained_at", "_trained_epoch", "_decide")
+                 "trained_at", "_trained_epoch", "_decide", "_read")
 
     def __init__(self, meta: ModelMeta, predict_row: RowPredictor,
                  batcher: MicroBatcher | None = None, batch_rows=None, ensemble=None,
@@ -118,6 +118,10 @@ class LoadedModel:
         self.ensemble = ensemble  # the trees it evaluates, if it is a tree model
         # Compiled trees and a family that decides from their sums: rows never become arrays.
         self._decide = decide if ensemble is not None and ensemble.native else None
+        # ...and, where the compiled reader was built, the points read into them in C.
+        self._read: Callable[[list[Any]], list[float] | None] = _no_reader
+        if self._decide is not None and ensemble.points_reader is not None:
+            self._read = ensemble.points_reader(meta.features, meta.window) or _no_reader
         self.kind = (meta.key.family, meta.key.model_type)  # what /metrics counts it under
         self._labels = meta.classes
         # What the opt-in answers (PROTOCOL §7) need, worked out once per version.
@@ -162,13 +166,21 @@ class LoadedModel:
     def predict(self, points: list[Any]) -> Any:
         """The answer's ``prediction``: a class label as in the training data, or a float."""
         if self._decide is not None:
-            return self.label(self._decide(self.ensemble.sums(self.extractor.values(points))))
+            sums = self._read(points)
+            if sums is None:  # not plainly right (or no compiled reader): checked in Python
+                sums = self.ensemble.sums(self.extractor.values(points))
+            return self.label(self._decide(sums))
         return self.label(self.predictor(self.extractor.row(points)))
 
     def label(self, raw: Any) -> Any:
         if self._labels is not None:
             return self._labels[int(raw)]
         return float(raw)
+
+
+def _no_reader(points: list[Any]) -> None:
+    """What ``LoadedModel`` reads points with when there is no compiled reader."""
+    return None
 
 
 class ModelCache:

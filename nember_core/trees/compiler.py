@@ -19,6 +19,7 @@ import structlog
 
 from nember_core.worker_pool import spawn_pool, stop_pool
 
+from . import reader
 from .ensemble import TreeEnsemble
 from .native import NativeTrees, build_library
 
@@ -43,6 +44,7 @@ class TreeCompiler:
         self._pool: ProcessPoolExecutor | None = None
         self._running: dict[Path, asyncio.Future] = {}
         self._failed: set[Path] = set()
+        self._reader: asyncio.Future | None = None  # the compiled reader's type, or None
         self.unavailable = unavailable_reason()
         if self.unavailable:
             log.warning("compiler.unavailable", reason=self.unavailable)
@@ -54,7 +56,9 @@ class TreeCompiler:
     async def cached(self, ensemble: TreeEnsemble, width: int) -> NativeTrees | None:
         """The compiled trees if this machine compiled them before, else ``None``."""
         path = await self._library_path(ensemble, width)
-        return self._open(path, ensemble, width) if path.exists() else None
+        if not path.exists():
+            return None
+        return self._open(path, ensemble, width, await self._reader_type())
 
     async def compile(self, ensemble: TreeEnsemble, width: int) -> NativeTrees | None:
         """Compile (once, however many ask) and load; ``None`` if that isn't possible."""
@@ -71,7 +75,28 @@ class TreeCompiler:
                 running.add_done_callback(lambda _: self._running.pop(path, None))
             if not await asyncio.shield(running):
                 return None
-        return self._open(path, ensemble, width)
+        return self._open(path, ensemble, width, await self._reader_type())
+
+    async def _reader_type(self):
+        """The compiled reader's ``Reader`` (built once, however many ask), or ``None``."""
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._load_reader())
+        return await asyncio.shield(self._reader)
+
+    async def _load_reader(self):
+        reason = reader.unavailable_reason()
+        if reason is not None:
+            log.warning("compiler.reader_unavailable", reason=reason)
+            return None
+        path = self._directory / reader.file_name()
+        try:
+            if not path.exists():
+                await reader.build(path)
+                log.info("compiler.reader_built", library=path.name)
+            return reader.load(path)
+        except Exception as exc:  # slower frames, never a failed answer
+            log.error("compiler.reader_failed", library=path.name, error=str(exc)[:800])
+            return None
 
     async def _build(self, ensemble: TreeEnsemble, width: int, path: Path) -> bool:
         if self._pool is None:
@@ -93,15 +118,19 @@ class TreeCompiler:
                  seconds=round(loop.time() - started, 1))
         return True
 
-    def _open(self, path: Path, ensemble: TreeEnsemble, width: int) -> NativeTrees | None:
+    def _open(self, path: Path, ensemble: TreeEnsemble, width: int,
+              reader_type) -> NativeTrees | None:
         try:
-            return NativeTrees(path, width, ensemble.trees[0].value.shape[1], ensemble.dtype)
+            return NativeTrees(path, width, ensemble.trees[0].value.shape[1], ensemble.dtype,
+                               reader_type)
         except Exception as exc:  # a truncated or foreign file: rebuild it next time
             log.error("compiler.load_failed", library=path.name, error=str(exc))
             path.unlink(missing_ok=True)
             return None
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
         for running in list(self._running.values()):
             running.cancel()
         if self._pool is not None:

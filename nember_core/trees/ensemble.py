@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -38,7 +39,7 @@ class TreeEnsemble:
     """Sum of the leaf values the row reaches in every tree, one sum per output."""
 
     __slots__ = ("trees", "less_equal", "dtype", "_roots", "_children", "_feature",
-                 "_threshold", "_value", "_depth", "_single", "sums", "native")
+                 "_threshold", "_value", "_depth", "_single", "sums", "native", "points_reader")
 
     def __init__(self, trees: Sequence[Tree], less_equal: bool, dtype=np.float64,
                  single_row: Callable[[np.ndarray], np.ndarray] | None = None):
@@ -72,12 +73,16 @@ class TreeEnsemble:
         # method: the compiled trees' own once they are in use, with no call in between).
         self.sums: Callable[[list[float]], list[float]] = self._sums_of_array
         self.native = False
+        # Once compiled: makes a reader of a request's points straight to ``sums``
+        # (``NativeTrees.points_reader``), where the compiled reader could be built.
+        self.points_reader: Callable[..., Any] | None = None
 
     def use_native(self, native: Callable[[np.ndarray], np.ndarray]) -> None:
         """Answer single rows with compiled code from now on (it computes the same sums);
         with its ``sums`` too when it has one (``NativeTrees``)."""
         self._single = native
         self.sums = getattr(native, "sums", self._sums_of_array)
+        self.points_reader = getattr(native, "points_reader", None)
         self.native = True
 
     def _sums_of_array(self, values: list[float]) -> list[float]:

@@ -21,9 +21,10 @@ import fcntl
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,9 +144,12 @@ class NativeTrees:
     ``TreeEnsemble`` does. Not thread-safe: one event loop calls it."""
 
     __slots__ = ("_library", "_predict", "_input", "_rounded", "_output", "_in", "_out",
-                 "_doubles", "_singles", "_row", "_sums", "_zeros", "_bare", "_bare_args")
+                 "_doubles", "_singles", "_row", "_sums", "_zeros", "_bare", "_bare_args",
+                 "_width", "_outputs", "_reader_type")
 
-    def __init__(self, path: Path, width: int, outputs: int, dtype: np.dtype):
+    def __init__(self, path: Path, width: int, outputs: int, dtype: np.dtype,
+                 reader_type: Callable[..., Any] | None = None):
+        """``reader_type``: the compiled reader's ``Reader`` (``trees.reader``), if built."""
         library = ctypes.CDLL(str(path))
         library.get_num_feature.restype = ctypes.c_int32
         library.get_num_target.restype = ctypes.c_int32
@@ -179,6 +183,7 @@ class NativeTrees:
         self._bare.restype = None
         self._bare_args = (ctypes.c_void_p(self._in), ctypes.c_int(1),
                            ctypes.c_void_p(self._out))
+        self._width, self._outputs, self._reader_type = width, outputs, reader_type
 
     def __call__(self, row: np.ndarray) -> np.ndarray:
         if self._rounded is None:
@@ -201,3 +206,14 @@ class NativeTrees:
         sums[:] = self._zeros
         self._bare(*self._bare_args)
         return sums[:]
+
+    def points_reader(self, features: tuple[str, ...],
+                      window: int) -> Callable[[Any], list[float] | None] | None:
+        """``sums`` of a request's points (``window`` dicts of ``features``) in one C call, or
+        ``None`` without the compiled reader. It answers ``None`` for points that aren't
+        plainly right: their checks, in Python, word the error."""
+        if self._reader_type is None or len(features) * window != self._width:
+            return None
+        address = ctypes.cast(self._bare, ctypes.c_void_p).value
+        return self._reader_type(address, tuple(features), window, self._outputs,
+                                 self._rounded is not None, self._library).sums

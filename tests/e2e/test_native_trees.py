@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from nember_core.plugins import collect_families, plugin_manager
+from nember_core.trees import reader
 from nember_core.trees.compiler import TreeCompiler, unavailable_reason
 from nember_core.trees.native import NativeTrees
 from tests.harness import (
@@ -68,7 +69,53 @@ async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # The server's path: the row as floats, rounded by struct, no NumPy; the same answers.
     assert [predict.decide(native.sums(row.tolist())) for row in ROWS] == got.tolist()
-    assert len(list(tmp_path.glob("*.so"))) == 1
+    # ...and with the compiled reader: a request's points, read by name in C. One point of
+    # five features, and five points of one.
+    if reader.unavailable_reason() is not None:  # required by the reader's own tests below
+        return
+    names = ("e", "d", "c", "b", "a")
+    wide, long = native.points_reader(names, 1), native.points_reader(("v",), 5)
+    assert wide is not None and long is not None
+    for read, points_of in (
+        (wide, lambda row: [dict(zip(sorted(names), reversed(row), strict=True))]),
+        (long, lambda row: [{"v": value} for value in row]),
+    ):
+        assert [predict.decide(read(points_of(row.tolist()))) for row in ROWS] == got.tolist()
+    assert len(list(tmp_path.glob("tl2cgen-*.so"))) == 1
+
+
+@pytest.mark.parametrize("family_name", ["XGBoost", "LightGBM"])  # float32 rows, float64 rows
+async def test_the_compiled_reader_leaves_what_is_not_plainly_right_to_python(
+    family_name, tmp_path
+):
+    """Whatever the reader can't read as the library would, it hands back (None): Python's
+    checks then word the error, so both paths answer every request alike."""
+    require_service(reader.unavailable_reason())
+    family = FAMILIES[family_name]
+    model = family.fit(X[:, :4], TARGETS["reg"][1], "reg", PARAMS[family_name])
+    predict = family.predictor(model, "reg")
+    compiler = TreeCompiler(tmp_path)
+    try:
+        native = await compiler.compile(predict.ensemble, 4)
+    finally:
+        await compiler.close()
+    read = native.points_reader(("x", "y"), 2)
+    assert native.points_reader(("x", "y"), 3) is None  # not the compiled width
+    good = [{"x": 0.5, "y": -1.0}, {"y": 2, "x": 1}]
+    assert read(good) == native.sums([0.5, -1.0, 1.0, 2.0])
+    float32 = family_name == "XGBoost"
+    for points in (
+        good[:1], good * 2, "points", None, [good[0], [0.5, 1.0]],
+        [good[0], {"x": 1.0}], [good[0], {"x": 1.0, "y": 2.0, "z": 3.0}],
+        [good[0], {"x": 1.0, "z": 2.0}], [good[0], {"x": True, "y": 1.0}],
+        [good[0], {"x": "1.0", "y": 1.0}], [good[0], {"x": None, "y": 1.0}],
+        [good[0], {"x": 10**400, "y": 1.0}],
+        *([[good[0], {"x": 1e39, "y": 1.0}]] if float32 else []),
+    ):
+        assert read(points) is None, points
+    if not float32:  # float64 rows take any double
+        assert read([good[0], {"x": 1e39, "y": 1.0}]) == native.sums([0.5, -1.0, 1e39, 1.0])
+    assert read([good[0], {"x": 10**15, "y": 1.0}]) == native.sums([0.5, -1.0, 1e15, 1.0])
 
 
 async def test_a_compiler_that_fails_leaves_the_model_on_its_own_path(tmp_path, monkeypatch):
@@ -103,6 +150,24 @@ async def test_without_gcc_nothing_is_compiled(tmp_path, monkeypatch):
     await compiler.close()
 
 
+async def test_without_python_headers_compiled_trees_are_called_through_ctypes(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(reader, "unavailable_reason", lambda: "no Python.h here")
+    family = FAMILIES["XGBoost"]
+    predict = family.predictor(family.fit(X, TARGETS["reg"][1], "reg", PARAMS["XGBoost"]),
+                               "reg")
+    compiler = TreeCompiler(tmp_path)
+    try:
+        native = await compiler.compile(predict.ensemble, X.shape[1])
+    finally:
+        await compiler.close()
+    assert isinstance(native, NativeTrees)
+    assert native.points_reader(("a", "b", "c", "d", "e"), 1) is None
+    assert [p.name for p in tmp_path.glob("*.so")] == [
+        p.name for p in tmp_path.glob("tl2cgen-*.so")]
+
+
 def _compiling_workspace(folder) -> Workspace:
     """An account, its key and price data, for a server that compiles trees."""
     config = write_config(folder, server={"compile_trees": True})
@@ -122,7 +187,7 @@ async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
                         if family == "XGBoost" else "random_state=0")
     # `nember train` compiled both already (tests/inprocess/test_config_and_cli.py); this
     # test is about a server compiling what it loads: start it without them.
-    compiled = list((tmp_path / "data" / "compiled").glob("*.so"))
+    compiled = list((tmp_path / "data" / "compiled").glob("tl2cgen-*.so"))
     assert len(compiled) == 2
     for library in compiled:
         library.unlink()
@@ -152,7 +217,7 @@ async def test_a_served_model_switches_to_compiled_code_and_a_restart_reuses_it(
     after = await predictions(server)
     assert after[:3] == before[:3]  # classes: exactly
     assert after[3:] == pytest.approx(before[3:], rel=1e-9)
-    assert len(list((tmp_path / "data" / "compiled").glob("*.so"))) == 2
+    assert len(list((tmp_path / "data" / "compiled").glob("tl2cgen-*.so"))) == 2
     server.terminate()
     server.log_path.unlink()  # the restarted server logs to the same file
 
@@ -194,3 +259,50 @@ async def test_a_model_trained_through_the_api_is_compiled_before_anyone_asks(
                         what="the model re-measured as compiled")
     assert [(e["strat"], e["family"]) for e in native] == [("fresh", "ExtraTrees")]
     assert server.events("connection.open") == []  # nobody asked for a prediction
+
+
+async def test_compiled_and_plain_servers_answer_every_request_alike(tmp_path, servers):
+    """The compiled reader reads a frame's points in C and hands anything not plainly right
+    to Python: a server on it answers good and bad requests as one that compiles nothing."""
+    require_service(reader.unavailable_reason())
+    workspace = _compiling_workspace(tmp_path)
+    for family in ("XGBoost", "LightGBM"):  # rows rounded to float32, rows in float64
+        workspace.train(family, "reg", "alike", "--param", "n_estimators=20")
+    assert list((tmp_path / "data" / "compiled").glob("reader-*.so"))  # built by `nember train`
+    plain = write_config(tmp_path / "plain", server={"compile_trees": False},
+                         data_dir=tmp_path / "data")
+    points = [
+        '{"point1": 0.25, "point2": -1.5}, {"point2": 3, "point1": 2}',  # names in any order
+        '{"point1": 1e39, "point2": 0.5}, {"point1": 0.1, "point2": 0.2}',  # beyond float32
+        '{"point1": 9007199254740993, "point2": 0.5}, {"point1": -7, "point2": 0.2}',  # ints
+        '{"point1": true, "point2": 0.5}, {"point1": 0.1, "point2": 0.2}',
+        '{"point1": "0.3", "point2": 0.5}, {"point1": 0.1, "point2": 0.2}',
+        '{"point1": 0.3}, {"point1": 0.1, "point2": 0.2}',
+        '{"point1": 0.3, "point2": 0.5, "point3": 1}, {"point1": 0.1, "point2": 0.2}',
+        '{"point1": 0.3, "point2": 0.5}',
+        '[0.3, 0.5], {"point1": 0.1, "point2": 0.2}',
+    ]
+    frames = [
+        f'{{"strat_name": "alike", "model_name": "{family}", "model_type": "reg", '
+        f'"DataPoints": [{text}]}}'
+        for family in ("XGBoost", "LightGBM") for text in points
+    ]
+
+    async def answers(server):
+        async with aiohttp.ClientSession() as session:
+            ws = await authed(session, server.url, workspace.key)
+            got = [await ask(ws, frame) for frame in frames]
+            await ws.close()
+        return got
+
+    compiled = servers(workspace.config)
+    on_compiled = await answers(compiled)
+    assert all(e["native"] for e in compiled.events("model.loaded"))
+    compiled.terminate()
+    on_plain = await answers(servers(plain))
+    assert [a["type"] for a in on_compiled] == [a["type"] for a in on_plain]
+    for mine, theirs in zip(on_compiled, on_plain, strict=True):
+        assert mine.keys() == theirs.keys() and mine.get("message") == theirs.get("message")
+        if "prediction" in mine:  # XGBoost sums in float32 itself, the compiled code in float64
+            assert mine["prediction"] == pytest.approx(theirs["prediction"], rel=1e-5)
+    assert [a["type"] for a in on_compiled[:3]] == ["success"] * 3

@@ -919,6 +919,7 @@ def compiling(tmp_path_factory) -> Path:
 def test_train_compiles_a_tree_model_so_that_servers_load_it_native(nember, compiling):
     from nember_core.records import ModelKey
     from nember_core.serving.model_cache import ModelCache
+    from nember_core.trees import reader
     from nember_core.trees.compiler import TreeCompiler, unavailable_reason
 
     if unavailable_reason():
@@ -931,7 +932,9 @@ def test_train_compiles_a_tree_model_so_that_servers_load_it_native(nember, comp
     assert out.splitlines()[-1] == (f"Compiled DecisionTree class version 1 to native code "
                                     f"(in {compiled}): servers load it native")
     assert "DecisionTree class version 1: compiling its trees to native code...\n" in err
-    assert len(list(compiled.glob("*.so"))) == 1
+    assert len(list(compiled.glob("tl2cgen-*.so"))) == 1
+    # ...and the compiled reader, wherever this Python has its headers
+    assert len(list(compiled.glob("reader-*.so"))) == (reader.unavailable_reason() is None)
 
     async def first_load(services):  # as a server loads it: from the cache, native at once
         compiler = TreeCompiler(compiled)
