@@ -14,6 +14,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -77,13 +78,13 @@ class TreeCompiler:
                 return None
         return self._open(path, ensemble, width, await self._reader_type())
 
-    async def _reader_type(self):
+    async def _reader_type(self) -> Any:
         """The compiled reader's ``Reader`` (built once, however many ask), or ``None``."""
         if self._reader is None:
             self._reader = asyncio.ensure_future(self._load_reader())
         return await asyncio.shield(self._reader)
 
-    async def _load_reader(self):
+    async def _load_reader(self) -> Any:
         reason = reader.unavailable_reason()
         if reason is not None:
             log.warning("compiler.reader_unavailable", reason=reason)
@@ -119,7 +120,7 @@ class TreeCompiler:
         return True
 
     def _open(self, path: Path, ensemble: TreeEnsemble, width: int,
-              reader_type) -> NativeTrees | None:
+              reader_type: Any) -> NativeTrees | None:
         try:
             return NativeTrees(path, width, ensemble.trees[0].value.shape[1], ensemble.dtype,
                                reader_type)

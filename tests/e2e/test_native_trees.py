@@ -45,6 +45,16 @@ PARAMS = {
     "LightGBM": {"n_estimators": 20},
 }
 
+
+async def compiled(ensemble, width: int, folder) -> NativeTrees | None:
+    """``ensemble`` compiled in ``folder`` by a compiler of its own, as a server would."""
+    compiler = TreeCompiler(folder)
+    try:
+        return await compiler.compile(ensemble, width)
+    finally:
+        await compiler.close()
+
+
 @pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("family_name", list(PARAMS))
 async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
@@ -54,11 +64,7 @@ async def test_compiled_trees_equal_the_library(family_name, target, tmp_path):
                          model_type)
     expected = np.asarray(family.predict(model, model_type, ROWS))
     predict = family.predictor(model, model_type)
-    compiler = TreeCompiler(tmp_path)
-    try:
-        native = await compiler.compile(predict.ensemble, ROWS.shape[1])
-    finally:
-        await compiler.close()
+    native = await compiled(predict.ensemble, ROWS.shape[1], tmp_path)
     assert isinstance(native, NativeTrees)
     predict.ensemble.use_native(native)
     got = np.array([predict.one(ROWS[i : i + 1]) for i in range(len(ROWS))])
@@ -94,11 +100,7 @@ async def test_the_compiled_reader_leaves_what_is_not_plainly_right_to_python(
     family = FAMILIES[family_name]
     model = family.fit(X[:, :4], TARGETS["reg"][1], "reg", PARAMS[family_name])
     predict = family.predictor(model, "reg")
-    compiler = TreeCompiler(tmp_path)
-    try:
-        native = await compiler.compile(predict.ensemble, 4)
-    finally:
-        await compiler.close()
+    native = await compiled(predict.ensemble, 4, tmp_path)
     read = native.points_reader(("x", "y"), 2)
     assert native.points_reader(("x", "y"), 3) is None  # not the compiled width
     good = [{"x": 0.5, "y": -1.0}, {"y": 2, "x": 1}]
@@ -157,11 +159,7 @@ async def test_without_python_headers_compiled_trees_are_called_through_ctypes(
     family = FAMILIES["XGBoost"]
     predict = family.predictor(family.fit(X, TARGETS["reg"][1], "reg", PARAMS["XGBoost"]),
                                "reg")
-    compiler = TreeCompiler(tmp_path)
-    try:
-        native = await compiler.compile(predict.ensemble, X.shape[1])
-    finally:
-        await compiler.close()
+    native = await compiled(predict.ensemble, X.shape[1], tmp_path)
     assert isinstance(native, NativeTrees)
     assert native.points_reader(("a", "b", "c", "d", "e"), 1) is None
     assert [p.name for p in tmp_path.glob("*.so")] == [
