@@ -64,7 +64,8 @@ The order of a --pin run:
    Then *accepts* (picows only): 64 bots reconnecting at once for --seconds, each connecting,
    sending its key, waiting for ``Valid API key.`` (which comes after the durable SQLite
    charge) and closing: accepts per second, connect-to-answer p50/p99, server CPU per
-   accept; target >= 2,000/s.
+   accept; target >= 2,000/s. The echo floor is stormed the same way first: its rate is what
+   aiohttp's upgrade and close alone allow on this machine.
 4. *First prediction after a start* (unless --no-first-prediction): a fresh ``nember serve``
    with an XGBoost class model stored (trained for this if XGBoost is not among --families).
    A client, started and imported beforehand, polls the port every millisecond and (a) as
@@ -734,11 +735,13 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
                     results[f"{family}/{model_type}"] = measure_pinned(
                         url, key, frame(family, model_type), args.seconds,
                         f"{family} {model_type}", server.pid, echo_url, echo.pid)
-            accepts = {}
+            accepts: dict = {}
             if client == "picows":
-                say("  measuring accepts (64 bots reconnecting at once)")
-                accepts = pinned_phase("accepts", url, key, "--connections", "64",
-                                       "--seconds", str(args.seconds), pid=server.pid)
+                say("  measuring accepts (64 bots reconnecting at once): the floor, then Nember")
+                storm = ("--connections", "64", "--seconds", str(args.seconds))
+                floor_accepts = pinned_phase("accepts", echo_url, key, *storm, pid=echo.pid)
+                accepts = pinned_phase("accepts", url, key, *storm, pid=server.pid)
+                accepts["floor"] = floor_accepts
             counts = [int(c) for c in args.idle.split(",") if c]
             memory = idle_memory(url, key, server.pid, counts) if counts else {}
             memory_echo = {"0": rss_mib(echo.pid)}
@@ -847,6 +850,12 @@ def render_pinned(report: dict) -> str:
                   f"; connect to answer p50 {accepts['p50'] / 1000:.1f} ms, p99 "
                   f"{accepts['p99'] / 1000:.1f} ms; server CPU "
                   f"{accepts['cpu']['server_us_per_answer']:,.0f} µs per accept"]
+        floor = accepts.get("floor")
+        if floor:  # what this machine allows at all: aiohttp's upgrade and close alone
+            lines += [f"  the floor (the echo server: upgrade, first frame answered, close): "
+                      f"{floor['per_second']:,.0f}/s, server CPU "
+                      f"{floor['cpu']['server_us_per_answer']:,.0f} µs per accept; Nember "
+                      f"{accepts['per_second'] / floor['per_second']:.2f}x its rate"]
     lines += ["", "Verdict per model (all five: CPU sequential and 64-conn, p50, p99, 64-conn "
               "throughput)"]
     for name, row in rows.items():

@@ -32,6 +32,23 @@ async def test_answers_in_order_with_seq_num_new_then_existing(client, prepared)
     assert set(first) == {"type", "seq_num", "message", "prediction"}  # the original shape
 
 
+async def test_a_burst_of_short_and_long_answers_arrives_whole_and_in_order(client, prepared):
+    """Short answers are framed by the gateway itself, longer ones by aiohttp: a bot that
+    sends a burst before reading gets every answer, whole, in order."""
+    ws = await authed(client, prepared.key)
+    await ask(ws, request())  # the model loaded: the rest are answered at once
+    long_id = "order-" + "x" * 120  # echoed in the answer: over 125 bytes
+    ids = [long_id + str(n) if n % 3 == 0 else None for n in range(300)]
+    for request_id in ids:
+        await ws.send_str(request() if request_id is None else request(request_id=request_id))
+    for seq, request_id in enumerate(ids, start=2):
+        answer = json.loads((await ws.receive(timeout=10)).data)
+        assert (answer["type"], answer["seq_num"], answer["message"]) == (
+            "success", seq, EXISTING)
+        assert answer.get("request_id") == request_id
+    await ws.close()
+
+
 @pytest.mark.parametrize(
     "frame",
     ["nmb_unknownkeyunknownkeyunknownkeyunknown00", "", "   ", "nmb_" + "x" * 5000, "hello",
