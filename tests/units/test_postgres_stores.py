@@ -308,6 +308,48 @@ async def test_a_hanging_database_fails_calls_within_the_timeout_and_is_used_aga
         await proxy.close()
 
 
+async def test_key_look_ups_queued_behind_a_hanging_one_fail_within_their_own_timeout(
+        postgres_dsn):
+    """A storm's look-ups share one query; those that arrive while it hangs wait no longer
+    than the store's timeout for their own answer, and the store serves again afterwards."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_dsn)
+    proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await proxy.start()
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    dsn = parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}").geturl()
+    store = await PostgresKeyStore.open(PostgresOptions(dsn=dsn, timeout=1.0))
+    try:
+        account = await store.create_account("a@example.com", "password-1")
+        made = await store.create_key(account.id, "bot", "predict")
+        assert await store.authenticate(made.secret) == made.key
+        proxy.frozen.set()
+        first = asyncio.ensure_future(store.authenticate(made.secret))
+        await asyncio.sleep(0.2)  # its query hangs in the database
+        started = time.monotonic()
+        later = await asyncio.gather(*(store.authenticate(made.secret) for _ in range(20)),
+                                     return_exceptions=True)
+        # Not the hanging query's timeout and then their own (~1.8 s): their own only.
+        assert time.monotonic() - started < 1.5
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in later)
+        with pytest.raises(StoreUnavailable):
+            await first
+        proxy.frozen.clear()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert await store.authenticate(made.secret) == made.key
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+    finally:
+        proxy.frozen.clear()
+        await store.close()
+        await proxy.close()
+
+
 async def test_connections_the_server_dropped_are_replaced(nodes, postgres_dsn):
     store = await nodes(PostgresKeyStore)
     account = await store.create_account("a@example.com", "password-1")
