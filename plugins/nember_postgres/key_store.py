@@ -86,7 +86,8 @@ _KEY_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at, scope"
 
 
 def _outcome_read(done: asyncio.Future) -> None:
-    """Marks a future's error as seen: asyncio would log one that nobody retrieved."""
+    """Marks a future's error as seen: asyncio would log one that nobody retrieved (a caller
+    that gave up on its look-up, timed out or cancelled)."""
     if not done.cancelled():
         done.exception()
 
@@ -190,10 +191,10 @@ class PostgresKeyStore(SchemaStore, component=COMPONENT, migrations=MIGRATIONS):
         # A caller that joins while a batch runs waits for it, then for its own: bounded by
         # the store's timeout all the same (the batch itself runs on, for its other callers).
         looked_up = self._look_up.submit(key_hash(secret))
+        looked_up.add_done_callback(_outcome_read)  # its caller may have given up on it
         try:
             return await asyncio.wait_for(asyncio.shield(looked_up), self._db.timeout)
         except asyncio.TimeoutError:
-            looked_up.add_done_callback(_outcome_read)  # nobody waits for it now
             raise StoreUnavailable(f"postgres: no key look-up within {self._db.timeout:g} s "
                                    "(timeout)") from None
 
