@@ -275,15 +275,23 @@ class FreezingProxy:
         self.server.close()
 
 
-async def test_a_hanging_database_fails_calls_within_the_timeout_and_is_used_again(
-        postgres_dsn):
+@pytest.fixture
+async def freezable(postgres_dsn):
+    """A FreezingProxy in front of the test database, and the DSN that goes through it."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(postgres_dsn)
     proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     port = await proxy.start()
     userinfo, at, _ = parts.netloc.rpartition("@")
-    dsn = parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}").geturl()
+    yield proxy, parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}").geturl()
+    proxy.frozen.clear()
+    await proxy.close()
+
+
+async def test_a_hanging_database_fails_calls_within_the_timeout_and_is_used_again(
+        freezable):
+    proxy, dsn = freezable
     store = await PostgresKeyStore.open(PostgresOptions(dsn=dsn, timeout=1.0))
     try:
         account = await store.create_account("a@example.com", "password-1")
@@ -305,20 +313,13 @@ async def test_a_hanging_database_fails_calls_within_the_timeout_and_is_used_aga
     finally:
         proxy.frozen.clear()
         await store.close()
-        await proxy.close()
 
 
 async def test_key_look_ups_queued_behind_a_hanging_one_fail_within_their_own_timeout(
-        postgres_dsn):
+        freezable):
     """A storm's look-ups share one query; those that arrive while it hangs wait no longer
     than the store's timeout for their own answer, and the store serves again afterwards."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(postgres_dsn)
-    proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    port = await proxy.start()
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    dsn = parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}").geturl()
+    proxy, dsn = freezable
     store = await PostgresKeyStore.open(PostgresOptions(dsn=dsn, timeout=1.0))
     try:
         account = await store.create_account("a@example.com", "password-1")
@@ -347,7 +348,6 @@ async def test_key_look_ups_queued_behind_a_hanging_one_fail_within_their_own_ti
     finally:
         proxy.frozen.clear()
         await store.close()
-        await proxy.close()
 
 
 async def test_connections_the_server_dropped_are_replaced(nodes, postgres_dsn):
