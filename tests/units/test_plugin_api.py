@@ -3,12 +3,14 @@ unshared stores refused by --workers, hooks checked, families' predictors as rec
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from nember_core.app.nember import Nember
 from nember_core.app.supervisor import check_shareable
 from nember_core.errors import ConfigError
-from nember_core.plugin_api import Provider, hookimpl
+from nember_core.plugin_api import Provider, hookimpl, new_id
 from tests.harness import write_config
 
 
@@ -82,3 +84,16 @@ class _OldFamilyPlugin:
 def test_a_family_that_lacks_part_of_the_interface_is_refused_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="the model family 'Old' lacks parameters"):
         Nember.load(str(write_config(tmp_path)), extra_plugins=[_OldFamilyPlugin()])
+
+
+def test_ids_made_later_sort_after_and_never_repeat():
+    # Stores index these (billing's connection ids above all): an index of ids that grow with
+    # time is written at its end, where random ids would touch a page per row.
+    spaced = []
+    for _ in range(20):
+        spaced.append(new_id("conn"))
+        time.sleep(0.002)
+    assert spaced == sorted(spaced)
+    burst = [new_id("conn") for _ in range(10_000)]  # many in one millisecond: still distinct
+    assert len(set(burst)) == len(burst)
+    assert all(made.startswith("conn_") for made in burst)
