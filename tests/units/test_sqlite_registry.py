@@ -168,3 +168,68 @@ async def test_a_connection_whose_admission_is_cancelled_is_not_left_listed(tmp_
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_limit_stays_exact_through_removals_a_forgotten_instance_and_a_rejoin(
+        tmp_path):
+    """Admission counts an account's live connections from per-instance counts that
+    triggers keep: every way a connection leaves or comes back must move them."""
+    a, b = await _pair(tmp_path)
+    try:
+        on_a = [Conn(f"a{i}") for i in range(3)]
+        assert [await _add(a, conn, 4) for conn in on_a] == [True] * 3
+        await a.remove(on_a[0])
+        assert await _add(b, Conn("b0"), 4) and await _add(b, Conn("b1"), 4)
+        assert not await _add(b, Conn("b2"), 4)  # a1, a2, b0, b1
+        async with b._db.transaction() as db:  # a judged gone: its two no longer count
+            await b._forget(db, "instance = ?", (a._instance,))
+        assert await _add(b, Conn("b2"), 4)
+        await asyncio.sleep(HEARTBEAT * 3)  # a's heartbeat lists its two again
+        assert sorted(c.id for c in await b.list("acct_1")) == ["a1", "a2", "b0", "b1", "b2"]
+        assert not await _add(b, Conn("b3"), 5)  # the rejoined two count again
+        await b.remove(Conn("b0"))
+        assert await _add(b, Conn("b3"), 5) and not await _add(a, Conn("a3"), 5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_registry_file_from_before_the_counts_keeps_its_live_connections_counted(
+        tmp_path):
+    """A file written by a server of the version before (no counts table) while its
+    connections are live: opening it fills the counts from them."""
+    import sqlite3
+    import time
+
+    from nember_sqlite.registry import SCHEMA
+
+    path = tmp_path / "connections.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute("PRAGMA journal_mode=WAL")
+        old.executescript(SCHEMA)
+        old.execute("INSERT INTO instances VALUES ('old:1', ?)", (time.time(),))
+        old.executemany(
+            "INSERT INTO connections (id, instance, node, account_id, key_id, key_name, "
+            "remote, opened_at) VALUES (?, 'old:1', 'old', 'acct_1', 'key_1', 'default', "
+            "'127.0.0.1', '2026-11-29T00:00:00+00:00')", [("o1",), ("o2",)])
+    old.close()
+    registry = await SqliteConnectionRegistry.open(path, "new", HEARTBEAT)
+    try:
+        assert await _add(registry, Conn("n1"), 3)
+        assert not await _add(registry, Conn("n2"), 3)  # o1, o2 and n1
+    finally:
+        await registry.close()
+
+
+async def test_a_connection_listed_again_by_another_instance_counts_for_that_one(tmp_path):
+    a, b = await _pair(tmp_path)
+    try:
+        assert await _add(a, Conn("c1"), 5)
+        assert await _add(b, Conn("c1"), 5)  # listed already: it moves to b
+        async with b._db.transaction() as db:
+            await b._forget(db, "instance = ?", (a._instance,))
+        assert [c.id for c in await b.list("acct_1")] == ["c1"]
+        assert not await _add(b, Conn("c2"), 1)  # c1, now b's, still counts
+    finally:
+        await a.close()
+        await b.close()
