@@ -150,7 +150,7 @@ def render(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     for name in results:
         saved = "" if name in ("floor", "Nember") else f"{cpu('Nember') - cpu(name):>14,.0f} µs"
         lines.append(f"{name:22}{median(name, lambda r: r['per_second']):>10,.0f}"
-                     f"{cpu(name):>15,.0f}{saved:>18}")
+                     f"{cpu(name):>15,.0f}{saved:>18}".rstrip())
     spread = [min(r["per_second"] for r in results["floor"]),
               max(r["per_second"] for r in results["floor"])]
     lines.append(f"(the floor's rounds ranged {spread[0]:,.0f}-{spread[1]:,.0f}/s: the machine's "

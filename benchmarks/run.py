@@ -23,7 +23,7 @@ It prints tables and the target ratios (Nember ÷ floor), and writes everything 
 
     .venv/bin/python benchmarks/run.py --pin [--families ...] [--seconds 2] [--idle '']
                                        [--client picows|aiohttp] [--quiet-wait 5]
-                                       [--nice -10] [--no-first-prediction]
+                                       [--nice -10] [--no-first-prediction] [--repeats 3]
 
 Unpinned, the server, the floor and the load generator share every core: once the server is
 busy the load generator competes with it, and on a 2-core machine the 64-connection figures
@@ -42,6 +42,10 @@ their sum equal to the scheduler's exact run time) at its two ends, and divides 
 received in between: **server CPU µs per answer**, Nember's per prediction beside the floor's
 per echoed frame. The floor's sequential and 64-connection runs are measured again right
 before each model's, and each ratio uses that pair (this machine's speed drifts over a run).
+With --repeats N (3 by default) those four windows run N times in turn (floor, floor, model,
+model; again), and so do the floor's and Nember's accept storms: each figure is the median of
+its N windows. One 2-second window here can be 30 % off the next, so a single one would
+decide a verdict by luck.
 Sequential windows last --seconds and at least 4,000 round trips, after 1,000 of warm-up.
 Before each window the run waits until both servers are idle and, for up to --quiet-wait
 seconds, until nothing else runs on the two cores (other people's tests on a shared machine).
@@ -59,8 +63,8 @@ The order of a --pin run:
    figures mix both paths).
 2. The run waits until the server has logged ``model.loaded ... native=true`` for every tree
    model: everything after is measured on compiled trees.
-3. The floor, then per model: the floor's sequential and 64-connection runs, the model's
-   sequential run and 16, 64, 256 connections (--seconds each).
+3. The floor, then per model: the floor's sequential and 64-connection runs and the model's
+   (--repeats times, in turn), then its 16 and 256 connections (--seconds each).
    Then *accepts* (picows only): 64 bots reconnecting at once for --seconds, each connecting,
    sending its key, waiting for ``Valid API key.`` (which comes after the durable SQLite
    charge) and closing: accepts per second, connect-to-answer p50/p99, server CPU per
@@ -100,6 +104,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -333,6 +338,9 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=5.0,
                         help="--pin: before each phase, wait up to this many seconds for the "
                         "two cores to be free of other work")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--pin: windows per headline phase, in turn with the floor's; "
+                        "each figure is their median")
     parser.add_argument("--nice", type=int, default=0,
                         help="--pin: run the servers and load generators at this niceness "
                         "(-10: ahead of other people's work on a shared machine; needs root)")
@@ -501,20 +509,41 @@ def sequential_pinned(url: str, key: str, text: str, seconds: float, pid: int) -
                         "--min-seconds", str(seconds), pid=pid)
 
 
+def median_of(runs: list[dict]) -> dict:
+    """One phase's result from its windows: each number the median of the windows' (anything
+    else the first window's), and how many there were."""
+    def merge(values: list) -> object:
+        first = values[0]
+        if isinstance(first, dict):
+            return {field: merge([value[field] for value in values]) for field in first}
+        if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+                isinstance(value, (int, float)) for value in values):
+            return statistics.median(values)
+        return first
+    return {**merge(runs), "windows": len(runs)}  # type: ignore[dict-item]
+
+
 def measure_pinned(url: str, key: str, text: str, seconds: float, label: str, pid: int,
-                   floor_url: str | None = None, floor_pid: int | None = None) -> dict:
+                   floor_url: str | None = None, floor_pid: int | None = None,
+                   repeats: int = 1) -> dict:
     say(f"  measuring {label}")
-    result = {}
-    if floor_url and floor_pid:  # the floor again, right before: the machine's speed drifts
-        result["floor_sequential"] = sequential_pinned(floor_url, key, FLOOR_FRAME, seconds,
-                                                       floor_pid)
-        result["floor_64"] = pinned_phase("throughput", floor_url, key, FLOOR_FRAME,
-                                          "--connections", "64", "--seconds", str(seconds),
-                                          pid=floor_pid)
-    result["sequential"] = sequential_pinned(url, key, text, seconds, pid)
+    runs: dict[str, list[dict]] = {"floor_sequential": [], "floor_64": [], "sequential": [],
+                                   "64": []}
+    for _ in range(repeats):  # in turn: a drift in the machine's speed hits both alike
+        if floor_url and floor_pid:  # the floor again, right before: the speed drifts
+            runs["floor_sequential"].append(sequential_pinned(floor_url, key, FLOOR_FRAME,
+                                                              seconds, floor_pid))
+            runs["floor_64"].append(pinned_phase("throughput", floor_url, key, FLOOR_FRAME,
+                                                 "--connections", "64", "--seconds",
+                                                 str(seconds), pid=floor_pid))
+        runs["sequential"].append(sequential_pinned(url, key, text, seconds, pid))
+        runs["64"].append(pinned_phase("throughput", url, key, text, "--connections", "64",
+                                       "--seconds", str(seconds), pid=pid))
+    result = {phase: median_of(windows) for phase, windows in runs.items() if windows}
     for level in LEVELS:
-        result[str(level)] = pinned_phase("throughput", url, key, text, "--connections",
-                                          str(level), "--seconds", str(seconds), pid=pid)
+        if level != 64:
+            result[str(level)] = pinned_phase("throughput", url, key, text, "--connections",
+                                              str(level), "--seconds", str(seconds), pid=pid)
     return result
 
 
@@ -729,19 +758,23 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
                     entry[phase]["native_before_end"] = (
                         switched[name] < entry[phase]["cpu"]["window"][1])
             results = {"floor": measure_pinned(echo_url, key, FLOOR_FRAME, args.seconds,
-                                               "echo floor", echo.pid)}
+                                               "echo floor", echo.pid, repeats=args.repeats)}
             for family in families:
                 for model_type in ("class", "reg"):
                     results[f"{family}/{model_type}"] = measure_pinned(
                         url, key, frame(family, model_type), args.seconds,
-                        f"{family} {model_type}", server.pid, echo_url, echo.pid)
+                        f"{family} {model_type}", server.pid, echo_url, echo.pid,
+                        args.repeats)
             accepts: dict = {}
             if client == "picows":
                 say("  measuring accepts (64 bots reconnecting at once): the floor, then Nember")
                 storm = ("--connections", "64", "--seconds", str(args.seconds))
-                floor_accepts = pinned_phase("accepts", echo_url, key, *storm, pid=echo.pid)
-                accepts = pinned_phase("accepts", url, key, *storm, pid=server.pid)
-                accepts["floor"] = floor_accepts
+                floor_storms, storms = [], []
+                for _ in range(args.repeats):
+                    floor_storms.append(pinned_phase("accepts", echo_url, key, *storm,
+                                                     pid=echo.pid))
+                    storms.append(pinned_phase("accepts", url, key, *storm, pid=server.pid))
+                accepts = {**median_of(storms), "floor": median_of(floor_storms)}
             counts = [int(c) for c in args.idle.split(",") if c]
             memory = idle_memory(url, key, server.pid, counts) if counts else {}
             memory_echo = {"0": rss_mib(echo.pid)}
@@ -766,7 +799,7 @@ def main_pinned(args: argparse.Namespace, families: list[str]) -> None:
         "memory_mib": memory, "echo_memory_mib": memory_echo,
         "pinned": {
             "server_cpu": server_cpu, "client_cpu": client_cpu, "client": client,
-            "nice": args.nice,
+            "nice": args.nice, "repeats": args.repeats,
             "headline": headline(results), "before_native": before,
             "compile_wait_seconds": compile_wait, "first_prediction": first,
             "accepts": accepts,
@@ -806,7 +839,9 @@ def render_pinned(report: dict) -> str:
         f"generator ({pinned['client']}) on CPU {pinned['client_cpu']}"
         + (f", all at nice {pinned['nice']}" if pinned["nice"] else "")
         + f"; load average at the start {loadavg}",
-        "Each ratio is Nember ÷ the floor measured right before that model.",
+        "Each ratio is Nember ÷ the floor measured right before that model"
+        + (f"; each figure the median of {pinned['repeats']} windows, the model's and the "
+           "floor's in turn." if pinned.get("repeats", 1) > 1 else "."),
         "",
         f"Server CPU per answer, µs (utime+stime from /proc/PID/stat over the window ÷ answers);"
         f" target ratio <= {CPU_TARGET:g}",
