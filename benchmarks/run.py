@@ -112,6 +112,7 @@ import time
 from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -512,7 +513,7 @@ def sequential_pinned(url: str, key: str, text: str, seconds: float, pid: int) -
 def median_of(runs: list[dict]) -> dict:
     """One phase's result from its windows: each number the median of the windows' (anything
     else the first window's), and how many there were."""
-    def merge(values: list) -> object:
+    def merge(values: list) -> Any:
         first = values[0]
         if isinstance(first, dict):
             return {field: merge([value[field] for value in values]) for field in first}
@@ -520,7 +521,7 @@ def median_of(runs: list[dict]) -> dict:
                 isinstance(value, (int, float)) for value in values):
             return statistics.median(values)
         return first
-    return {**merge(runs), "windows": len(runs)}  # type: ignore[dict-item]
+    return {**merge(runs), "windows": len(runs)}
 
 
 def measure_pinned(url: str, key: str, text: str, seconds: float, label: str, pid: int,
@@ -530,7 +531,7 @@ def measure_pinned(url: str, key: str, text: str, seconds: float, label: str, pi
     runs: dict[str, list[dict]] = {"floor_sequential": [], "floor_64": [], "sequential": [],
                                    "64": []}
     for _ in range(repeats):  # in turn: a drift in the machine's speed hits both alike
-        if floor_url and floor_pid:  # the floor again, right before: the speed drifts
+        if floor_url and floor_pid:  # the floor again, right before each model's
             runs["floor_sequential"].append(sequential_pinned(floor_url, key, FLOOR_FRAME,
                                                               seconds, floor_pid))
             runs["floor_64"].append(pinned_phase("throughput", floor_url, key, FLOOR_FRAME,
