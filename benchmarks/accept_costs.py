@@ -99,12 +99,13 @@ def main() -> None:
                                   no_compile=False, workers=1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        configs = {}
+        configs: dict[str, tuple[Path, int]] = {}  # each variant's config file and port
         for name, leave_out in VARIANTS.items():
-            config = run.write_config(folder, run.free_port(), settings,
+            port = run.free_port()
+            config = run.write_config(folder, port, settings,
                                       "warning" if leave_out == "logs" else "info")
-            configs[name] = config.rename(folder / f"{leave_out or 'everything'}.yaml")
-        key = asyncio.run(make_key(configs["Nember"]))
+            configs[name] = (config.rename(folder / f"{leave_out or 'everything'}.yaml"), port)
+        key = asyncio.run(make_key(configs["Nember"][0]))
         os.sched_setaffinity(0, {client_cpu})
         echo_port = run.free_port()
         servers = {"floor": (subprocess.Popen(
@@ -112,8 +113,7 @@ def main() -> None:
              str(echo_port), *(["uvloop"] if run.DEFAULT_LOOP == "uvloop" else [])]),
             echo_port)}
         with open(folder / "servers.log", "wb") as log:
-            for name, config in configs.items():
-                port = int(config.read_text().split("port: ")[1].split()[0])
+            for name, (config, port) in configs.items():
                 servers[name] = (subprocess.Popen(
                     [*run.taskset(server_cpu), sys.executable, __file__, "serve", str(config),
                      VARIANTS[name]], stdout=log, stderr=log, cwd=folder), port)

@@ -9,10 +9,12 @@ registers its connections again.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from datetime import datetime, timezone
 
 import attrs
-from nember_sqlite.registry import STALE_AFTER, SqliteConnectionRegistry
+from nember_sqlite.registry import SCHEMA, STALE_AFTER, SqliteConnectionRegistry
 
 HEARTBEAT = 0.05
 
@@ -198,11 +200,6 @@ async def test_a_registry_file_from_before_the_counts_keeps_its_live_connections
         tmp_path):
     """A file written by a server of the version before (no counts table) while its
     connections are live: opening it fills the counts from them."""
-    import sqlite3
-    import time
-
-    from nember_sqlite.registry import SCHEMA
-
     path = tmp_path / "connections.sqlite3"
     with sqlite3.connect(path) as old:
         old.execute("PRAGMA journal_mode=WAL")
