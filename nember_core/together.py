@@ -9,6 +9,13 @@ from typing import Generic, TypeVar
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 
+# Loop turns a batch waits before it starts, for the jobs a storm's other connections have
+# sent but the loop has not read yet. An idle loop turns in microseconds; a busy one, a storm
+# of reconnects, in much more, and gathers that much more: a SQLite store then commits (and
+# fsyncs) a few times less often. 16 took an accept storm on one core from 1,320 to 1,870
+# accepts per second (0 turns: batches of 2-8 jobs; 16: of 16-35); ``benchmarks/run.py``.
+GATHERING_TURNS = 16
+
 
 def _settle(done: asyncio.Future, result: object = None,
             error: BaseException | None = None) -> None:
@@ -20,14 +27,15 @@ def _settle(done: asyncio.Future, result: object = None,
 
 
 class Together(Generic[Job, Result]):
-    """Jobs that coroutines hand in while a batch runs make the next batch: ``run(jobs)``
-    once per batch, so a storm of callers (bots reconnecting at once) costs a store a few
-    round trips, not one each. Each caller gets its job's result (``run`` returns them in
-    order) once its batch is done. A batch that fails with an error in ``split_on`` (one a
-    single job can cause: a duplicate key) is run again job by job, so that job fails only its
-    own caller; any other error (the store is down or slow) goes to every caller of the batch
-    at once. A caller cancelled before its batch starts is left out; one cancelled later
-    leaves its job to run (``submit`` and ``asyncio.shield`` let it undo what it must).
+    """Jobs that coroutines hand in while a batch runs, or in the few loop turns before it
+    starts, make the next batch: ``run(jobs)`` once per batch, so a storm of callers (bots
+    reconnecting at once) costs a store a few round trips, not one each. Each caller gets its
+    job's result (``run`` returns them in order) once its batch is done. A batch that fails
+    with an error in ``split_on`` (one a single job can cause: a duplicate key) is run again
+    job by job, so that job fails only its own caller; any other error (the store is down or
+    slow) goes to every caller of the batch at once. A caller cancelled before its batch
+    starts is left out; one cancelled later leaves its job to run (``submit`` and
+    ``asyncio.shield`` let it undo what it must).
 
     For example, key look-ups: ``lookup = Together(fetch_keys)``, where ``fetch_keys(hashes)``
     reads every hash in one query and returns a key or None per hash; then ``await
@@ -54,6 +62,8 @@ class Together(Generic[Job, Result]):
     async def _run_queued(self) -> None:
         try:
             while self._queued:  # whatever queued up during the last batch goes next
+                for _ in range(GATHERING_TURNS):
+                    await asyncio.sleep(0)
                 batch = [queued for queued in self._queued if not queued[1].done()]
                 self._queued = []
                 try:

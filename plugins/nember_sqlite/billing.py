@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-
-import aiosqlite
 
 from nember_core.plugin_api import AlreadyExists, Charge, ConnectionUsage, utcnow
 
@@ -97,7 +96,7 @@ class SqliteBillingLedger:
                  (usage.connection_id, usage.account_id, usage.key_id, usage.remote,
                   usage.opened_at.isoformat())),
             ])
-        except aiosqlite.IntegrityError:
+        except sqlite3.IntegrityError:
             raise AlreadyExists(f"connection {usage.connection_id} is already charged") from None
         return charge
 
@@ -106,10 +105,10 @@ class SqliteBillingLedger:
         await self._db.commit_together([(_UPDATE_USAGE, _usage_update(usage))])
 
     async def close_abandoned(self, usage: ConnectionUsage) -> bool:
-        async with self._db.transaction() as db:
-            cursor = await db.execute(_UPDATE_USAGE + " AND closed_at IS NULL",
-                                      _usage_update(usage))
-            return cursor.rowcount == 1
+        def close(db: sqlite3.Connection) -> bool:
+            return db.execute(_UPDATE_USAGE + " AND closed_at IS NULL",
+                              _usage_update(usage)).rowcount == 1
+        return await self._db.transaction(close)
 
     async def charges(self, account_id: str) -> list[Charge]:
         rows = await self._db.read(

@@ -16,6 +16,7 @@ The queue holds uploads, so the file is written durably (synchronous=FULL).
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -147,9 +148,8 @@ def _iso_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-async def _rows(db, sql: str, args: Sequence | Mapping = ()) -> list:
-    async with db.execute(sql, args) as cursor:
-        return list(await cursor.fetchall())
+def _rows(db: sqlite3.Connection, sql: str, args: Sequence | Mapping = ()) -> list:
+    return db.execute(sql, args).fetchall()
 
 
 class SqliteJobBoard:
@@ -162,32 +162,40 @@ class SqliteJobBoard:
 
     async def enqueue(self, job: TrainingJob, spec: Mapping[str, Any], data: bytes) -> None:
         text = json.dumps(dict(spec))
-        async with self._db.transaction() as db:
-            await db.execute(INSERT, (*_values(job), time.time()))
-            await db.execute("INSERT INTO job_payloads (id, spec, data) VALUES (?, ?, ?)",
-                             (job.id, text, bytes(data)))
+        row = (*_values(job), time.time())
+
+        def enqueue(db: sqlite3.Connection) -> None:
+            db.execute(INSERT, row)
+            db.execute("INSERT INTO job_payloads (id, spec, data) VALUES (?, ?, ?)",
+                       (job.id, text, bytes(data)))
+        await self._db.transaction(enqueue)
 
     async def claim(self, worker: str,
                     orphaned_after: float = JOB_ORPHANED_AFTER) -> ClaimedJob | None:
         # Servers with a free slot ask often: an idle board answers without the write lock.
         if not await self._db.read(ANYTHING_TO_DO, (time.time() - orphaned_after,)):
             return None
-        async with self._db.transaction() as db:
+
+        def claim(db: sqlite3.Connection) -> tuple | None:
             now = time.time()
             cutoff = now - orphaned_after
-            await db.execute(REQUEUE_ORPHANS, {"now": now, "cutoff": cutoff,
-                                               "attempts": JOB_MAX_ATTEMPTS})
-            await db.execute(FAIL_ORPHANS, {"now": now, "cutoff": cutoff, "lost": LOST,
-                                            "finished": _iso_now()})
-            await db.execute(DROP_PAYLOADS)
-            found = await _rows(db, NEXT)
+            db.execute(REQUEUE_ORPHANS, {"now": now, "cutoff": cutoff,
+                                         "attempts": JOB_MAX_ATTEMPTS})
+            db.execute(FAIL_ORPHANS, {"now": now, "cutoff": cutoff, "lost": LOST,
+                                      "finished": _iso_now()})
+            db.execute(DROP_PAYLOADS)
+            found = _rows(db, NEXT)
             if not found:
                 return None
             job_id = found[0][0]
-            await db.execute(CLAIM, (worker, now, now, job_id))
-            (row,) = await _rows(
+            db.execute(CLAIM, (worker, now, now, job_id))
+            (claimed,) = _rows(
                 db, f"SELECT {SELECTED}, j.attempts, p.spec, p.data FROM jobs AS j "
                     "JOIN job_payloads AS p ON p.id = j.id WHERE j.id = ?", (job_id,))
+            return claimed
+        row = await self._db.transaction(claim)
+        if row is None:
+            return None
         *fields, attempts, spec, data = row
         return ClaimedJob(job=_job(fields), spec=json.loads(spec), data=bytes(data),
                           attempt=attempts)
@@ -197,58 +205,66 @@ class SqliteJobBoard:
         if not jobs:
             return set()
         ids = [job.id for job in jobs]
-        async with self._db.transaction() as db:
-            now = time.time()
-            await db.executemany(
+        now = time.time()
+
+        def beat(db: sqlite3.Connection) -> list:
+            db.executemany(
                 "UPDATE jobs SET progress = ?, stage = ?, written_at = ? "
                 "WHERE id = ? AND state = 'running' AND claimed_by = ?",
                 [(job.progress, job.stage, now, job.id, worker) for job in jobs])
-            held = await _rows(db, f"SELECT id FROM jobs WHERE state = 'running' AND "
-                                   f"claimed_by = ? AND id IN ({_marks(ids)})", (worker, *ids))
+            return _rows(db, f"SELECT id FROM jobs WHERE state = 'running' AND "
+                             f"claimed_by = ? AND id IN ({_marks(ids)})", (worker, *ids))
+        held = await self._db.transaction(beat)
         return set(ids) - {row[0] for row in held}
 
     async def finish(self, worker: str, job: TrainingJob, keep: int) -> bool:
-        async with self._db.transaction() as db:
-            cursor = await db.execute(
+        finished = (job.state, job.progress, job.stage, job.error, job.model_id, job.version,
+                    job.finished_at.isoformat() if job.finished_at else _iso_now(), time.time(),
+                    job.id, worker)
+
+        def finish(db: sqlite3.Connection) -> bool:
+            if db.execute(
                 "UPDATE jobs SET state = ?, progress = ?, stage = ?, error = ?, model_id = ?, "
                 "version = ?, finished_at = ?, written_at = ? "
-                "WHERE id = ? AND state = 'running' AND claimed_by = ?",
-                (job.state, job.progress, job.stage, job.error, job.model_id, job.version,
-                 job.finished_at.isoformat() if job.finished_at else _iso_now(), time.time(),
-                 job.id, worker))
-            if cursor.rowcount != 1:
+                "WHERE id = ? AND state = 'running' AND claimed_by = ?", finished,
+            ).rowcount != 1:
                 return False
-            await db.execute("DELETE FROM job_payloads WHERE id = ?", (job.id,))
-            await db.execute(PRUNE, (keep,))
-        return True
+            db.execute("DELETE FROM job_payloads WHERE id = ?", (job.id,))
+            db.execute(PRUNE, (keep,))
+            return True
+        return await self._db.transaction(finish)
 
     async def release(self, worker: str, job_ids: Sequence[str]) -> None:
         ids = list(job_ids)[:IN_LIST]
         if not ids:
             return
-        async with self._db.transaction() as db:
-            await db.execute(
-                "UPDATE jobs AS j SET state = 'queued', stage = 'queued', progress = 0, "
-                "claimed_by = NULL, attempts = MAX(attempts - 1, 0), written_at = ? "
-                f"WHERE j.state = 'running' AND j.claimed_by = ? AND {RUNNABLE} "
-                f"AND j.id IN ({_marks(ids)})", (time.time(), worker, *ids))
+        await self._db.write(
+            "UPDATE jobs AS j SET state = 'queued', stage = 'queued', progress = 0, "
+            "claimed_by = NULL, attempts = MAX(attempts - 1, 0), written_at = ? "
+            f"WHERE j.state = 'running' AND j.claimed_by = ? AND {RUNNABLE} "
+            f"AND j.id IN ({_marks(ids)})", (time.time(), worker, *ids))
 
     async def withdraw(self, job_id: str, error: str) -> bool:
-        async with self._db.transaction() as db:
-            cursor = await db.execute(
+        withdrawn = (error, _iso_now(), time.time(), job_id)
+
+        def withdraw(db: sqlite3.Connection) -> bool:
+            if db.execute(
                 "UPDATE jobs SET state = 'failed', stage = 'withdrawn', error = ?, "
-                "finished_at = ?, written_at = ? WHERE id = ? AND state = 'queued'",
-                (error, _iso_now(), time.time(), job_id))
-            if cursor.rowcount != 1:
+                "finished_at = ?, written_at = ? WHERE id = ? AND state = 'queued'", withdrawn,
+            ).rowcount != 1:
                 return False
-            await db.execute("DELETE FROM job_payloads WHERE id = ?", (job_id,))
-        return True
+            db.execute("DELETE FROM job_payloads WHERE id = ?", (job_id,))
+            return True
+        return await self._db.transaction(withdraw)
 
     async def write(self, jobs: Sequence[TrainingJob], keep: int) -> None:
         now = time.time()
-        async with self._db.transaction() as db:
-            await db.executemany(UPSERT, [(*_values(job), now) for job in jobs])
-            await db.execute(PRUNE, (keep,))
+        rows = [(*_values(job), now) for job in jobs]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(UPSERT, rows)
+            db.execute(PRUNE, (keep,))
+        await self._db.transaction(write)
 
     async def read(self, job_id: str) -> TrainingJob | None:
         rows = await self._db.read(
@@ -267,8 +283,7 @@ class SqliteJobBoard:
         return job
 
     async def request_cancel(self, job_id: str) -> None:
-        async with self._db.transaction() as db:
-            await db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        await self._db.write("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         ids = list(job_ids)[:IN_LIST]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-
-import aiosqlite
 
 from nember_core.plugin_api import (
     VISIBLE_PREFIX_LENGTH,
@@ -107,13 +106,11 @@ class SqliteKeyStore:
         password_hash = await asyncio.to_thread(hash_password, password)
         account = Account(id=new_id("acct"), email=email, created_at=utcnow())
         try:
-            async with self._db.transaction() as db:
-                await db.execute(
-                    "INSERT INTO accounts (id, email, password_hash, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (account.id, email, password_hash, account.created_at.isoformat()),
-                )
-        except aiosqlite.IntegrityError:
+            await self._db.write(
+                "INSERT INTO accounts (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                (account.id, email, password_hash, account.created_at.isoformat()),
+            )
+        except sqlite3.IntegrityError:
             raise AlreadyExists(f"an account for {email} already exists") from None
         return account
 
@@ -141,19 +138,19 @@ class SqliteKeyStore:
 
     async def set_password(self, account_id: str, password: str) -> None:
         password_hash = await asyncio.to_thread(hash_password, password)
-        async with self._db.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE accounts SET password_hash = ? WHERE id = ?", (password_hash, account_id))
-            if cursor.rowcount == 0:
-                raise NotFound(f"no account with id {account_id}")
+        changed = await self._db.write(
+            "UPDATE accounts SET password_hash = ? WHERE id = ? RETURNING id",
+            (password_hash, account_id))
+        if not changed:
+            raise NotFound(f"no account with id {account_id}")
 
     async def delete_sessions(self, account_id: str) -> int:
-        async with self._db.transaction() as db:
-            cursor = await db.execute("DELETE FROM sessions WHERE account_id = ? AND "
-                                      "expires_at > ?", (account_id, utcnow().isoformat()))
-            ended = cursor.rowcount
-            await db.execute("DELETE FROM sessions WHERE account_id = ?", (account_id,))
-        return ended
+        def delete(db: sqlite3.Connection) -> int:
+            ended = db.execute("DELETE FROM sessions WHERE account_id = ? AND expires_at > ?",
+                               (account_id, utcnow().isoformat())).rowcount
+            db.execute("DELETE FROM sessions WHERE account_id = ?", (account_id,))
+            return ended
+        return await self._db.transaction(delete)
 
     async def create_key(self, account_id: str, name: str, scope: str) -> NewApiKey:
         secret = new_api_key()
@@ -165,13 +162,12 @@ class SqliteKeyStore:
             created_at=utcnow(),
             scope=scope,
         )
-        async with self._db.transaction() as db:
-            await db.execute(
-                "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, "
-                "scope) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, account_id, name, key.prefix, key_hash(secret),
-                 key.created_at.isoformat(), scope),
-            )
+        await self._db.write(
+            "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, scope) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.id, account_id, name, key.prefix, key_hash(secret), key.created_at.isoformat(),
+             scope),
+        )
         return NewApiKey(key=key, secret=secret)
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
@@ -204,11 +200,10 @@ class SqliteKeyStore:
         return [found.get(hashed) for hashed in hashes]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
-        async with self._db.transaction() as db:
-            await db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (utcnow().isoformat(), key_id),
-            )
+        await self._db.write(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (utcnow().isoformat(), key_id),
+        )
         key = await self.find_key(key_id)
         if key is None:
             raise NotFound(f"no API key with id {key_id}")
@@ -217,13 +212,13 @@ class SqliteKeyStore:
     async def create_session(self, account_id: str, lifetime_seconds: float) -> str:
         token = secrets.token_urlsafe(32)
         now = utcnow()
-        async with self._db.transaction() as db:
-            await db.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
-            await db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                (key_hash(token), account_id, now.isoformat(),
-                 (now + timedelta(seconds=lifetime_seconds)).isoformat()),
-            )
+        row = (key_hash(token), account_id, now.isoformat(),
+               (now + timedelta(seconds=lifetime_seconds)).isoformat())
+
+        def create(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", row)
+        await self._db.transaction(create)
         return token
 
     async def session_account(self, token: str) -> Account | None:
@@ -235,8 +230,7 @@ class SqliteKeyStore:
         return Account(rows[0][0], rows[0][1], _time(rows[0][2])) if rows else None
 
     async def delete_session(self, token: str) -> None:
-        async with self._db.transaction() as db:
-            await db.execute("DELETE FROM sessions WHERE token_hash = ?", (key_hash(token),))
+        await self._db.write("DELETE FROM sessions WHERE token_hash = ?", (key_hash(token),))
 
     async def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
         ids = list(set(key_ids))
@@ -257,21 +251,20 @@ class SqliteKeyStore:
         now = time.time()
         attempt = new_id("login")
         # One write transaction: the counts and the insert see no other attempt in between.
-        async with self._db.transaction() as db:
-            await db.execute("DELETE FROM login_attempts WHERE at < ?", (now - window_seconds,))
+        def count(db: sqlite3.Connection) -> str | None:
+            db.execute("DELETE FROM login_attempts WHERE at < ?", (now - window_seconds,))
             for subject, limit in limits.items():
-                cursor = await db.execute(
+                (counted,) = db.execute(
                     "SELECT COUNT(*) FROM login_attempts WHERE subject = ?", (subject,)
-                )
-                (count,) = await cursor.fetchone()
-                if count >= limit:
+                ).fetchone()
+                if counted >= limit:
                     return None
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO login_attempts (attempt, subject, at) VALUES (?, ?, ?)",
                 [(attempt, subject, now) for subject in limits],
             )
-        return attempt
+            return attempt
+        return await self._db.transaction(count)
 
     async def forget_login_attempt(self, attempt_id: str) -> None:
-        async with self._db.transaction() as db:
-            await db.execute("DELETE FROM login_attempts WHERE attempt = ?", (attempt_id,))
+        await self._db.write("DELETE FROM login_attempts WHERE attempt = ?", (attempt_id,))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -134,11 +135,8 @@ class SqliteConnectionRegistry:
         registry = cls(await Database.open(path, SCHEMA, durable=False, migrations=MIGRATIONS),
                        node, heartbeat)
         try:
-            async with registry._db.transaction() as db:
-                await db.execute(
-                    "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
-                    (registry._instance, time.time()),
-                )
+            await registry._db.write("INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
+                                     (registry._instance, time.time()))
         except BaseException:
             await registry._db.close()  # its thread would keep the process alive
             raise
@@ -227,21 +225,23 @@ class SqliteConnectionRegistry:
         if connection_id in self._closers:
             self._start_closing(self._closers[connection_id], code, reason)
             return True
-        async with self._db.transaction() as db:
-            cursor = await db.execute(
+        alive_since = self._alive_since()
+
+        def request(db: sqlite3.Connection) -> bool:
+            row = db.execute(
                 "SELECT instance FROM connections JOIN instances USING (instance) "
                 "WHERE id = ? AND seen_at >= ?",
-                (connection_id, self._alive_since()),
-            )
-            row = await cursor.fetchone()
+                (connection_id, alive_since),
+            ).fetchone()
             if row is None:
                 return False
-            await db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO close_requests (connection_id, instance, code, reason) "
                 "VALUES (?, ?, ?, ?)",
                 (connection_id, row[0], code, reason),
             )
-        return True
+            return True
+        return await self._db.transaction(request)
 
     async def live_among(self, connection_ids: Iterable[str]) -> set[str]:
         ids = list(set(connection_ids))
@@ -279,34 +279,35 @@ class SqliteConnectionRegistry:
                 self._reported[conn_id] = counters
                 changed.append((*counters, conn_id))
         unremoved = list(self._unremoved)
-        async with self._db.transaction() as db:
+        held = [self._row(c) for c in self._local.values()]
+
+        def beat(db: sqlite3.Connection) -> tuple[bool, list]:
             now = time.time()
-            cursor = await db.execute(
-                "UPDATE instances SET seen_at = ? WHERE instance = ?", (now, self._instance)
-            )
-            if cursor.rowcount == 0:
+            rejoined = db.execute("UPDATE instances SET seen_at = ? WHERE instance = ?",
+                                  (now, self._instance)).rowcount == 0
+            if rejoined:
                 # Judged gone (this loop stalled past STALE_AFTER heartbeats) and forgotten:
                 # register again, with every connection this instance still holds.
-                await db.execute(
-                    "INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
-                    (self._instance, now),
-                )
-                await db.executemany(INSERT, [self._row(c) for c in self._local.values()])
-                log.warning("registry.rejoined", connections=len(self._local))
+                db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
+                           (self._instance, now))
+                db.executemany(INSERT, held)
             if changed:
-                await db.executemany(
+                db.executemany(
                     "UPDATE connections SET predictions = ?, errors = ?, last_request_at = ? "
                     "WHERE id = ?", changed,
                 )
-            cursor = await db.execute(
+            requests = db.execute(
                 "DELETE FROM close_requests WHERE instance = ? "
                 "RETURNING connection_id, code, reason",
                 (self._instance,),
-            )
-            requests = await cursor.fetchall()
+            ).fetchall()
             if unremoved:
-                await _delete(db, unremoved)
-            await self._forget(db, "seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
+                _delete(db, unremoved)
+            self._forget(db, "seen_at < ?", (now - STALE_AFTER * self._heartbeat,))
+            return rejoined, requests
+        rejoined, requests = await self._db.transaction(beat)
+        if rejoined:
+            log.warning("registry.rejoined", connections=len(held))
         self._unremoved.difference_update(unremoved)
         for conn_id, code, reason in requests:
             close = self._closers.get(conn_id)
@@ -314,14 +315,14 @@ class SqliteConnectionRegistry:
                 self._start_closing(close, code, reason)
 
     @staticmethod
-    async def _forget(db, where: str, args: tuple) -> None:
+    def _forget(db: sqlite3.Connection, where: str, args: tuple) -> None:
         """Delete the matching instances with their connections and requests (inside a
         transaction)."""
         gone = f"SELECT instance FROM instances WHERE {where}"
-        await db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
-        await db.execute(f"DELETE FROM live_counts WHERE instance IN ({gone})", args)
-        await db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
-        await db.execute(f"DELETE FROM instances WHERE {where}", args)
+        db.execute(f"DELETE FROM connections WHERE instance IN ({gone})", args)
+        db.execute(f"DELETE FROM live_counts WHERE instance IN ({gone})", args)
+        db.execute(f"DELETE FROM close_requests WHERE instance IN ({gone})", args)
+        db.execute(f"DELETE FROM instances WHERE {where}", args)
 
     async def ping(self) -> None:
         await self._db.ping()
@@ -331,12 +332,12 @@ class SqliteConnectionRegistry:
             self._beating.cancel()
         for unlisting in self._unlisting:
             unlisting.cancel()  # its row goes with the instance's
-        async with self._db.transaction() as db:
-            await self._forget(db, "instance = ?", (self._instance,))
+        await self._db.transaction(partial(self._forget, where="instance = ?",
+                                           args=(self._instance,)))
         await self._db.close()
 
 
-async def _delete(db, connection_ids: list[str]) -> None:
+def _delete(db: sqlite3.Connection, connection_ids: list[str]) -> None:
     """Unlist these connections, and so their pending close requests (in a transaction)."""
-    await db.execute(f"DELETE FROM connections WHERE id IN ({marks(len(connection_ids))})",
-                     connection_ids)
+    db.execute(f"DELETE FROM connections WHERE id IN ({marks(len(connection_ids))})",
+               connection_ids)

@@ -42,6 +42,12 @@ async def _add(registry, conn: Conn, limit: int) -> bool:
     return await registry.add(conn, limit, conn.close)
 
 
+async def _forgotten_by(registry, gone) -> None:
+    """What ``registry``'s heartbeat does once ``gone`` has been silent too long."""
+    await registry._db.transaction(
+        lambda db: registry._forget(db, "instance = ?", (gone._instance,)))
+
+
 async def _pair(tmp_path):
     path = tmp_path / "connections.sqlite3"
     return (await SqliteConnectionRegistry.open(path, "a", HEARTBEAT),
@@ -89,8 +95,7 @@ async def test_an_instance_forgotten_during_a_stall_registers_again(tmp_path):
     a, b = await _pair(tmp_path)
     try:
         assert await _add(a, Conn("c1"), 5)
-        async with b._db.transaction() as db:  # what b does once a has been silent too long
-            await b._forget(db, "instance = ?", (a._instance,))
+        await _forgotten_by(b, a)  # what b does once a has been silent too long
         assert await b.list("acct_1") == []
         await asyncio.sleep(HEARTBEAT * 3)  # a's next heartbeat notices
         assert [c.id for c in await b.list("acct_1")] == ["c1"]
@@ -183,8 +188,7 @@ async def test_the_limit_stays_exact_through_removals_a_forgotten_instance_and_a
         await a.remove(on_a[0])
         assert await _add(b, Conn("b0"), 4) and await _add(b, Conn("b1"), 4)
         assert not await _add(b, Conn("b2"), 4)  # a1, a2, b0, b1
-        async with b._db.transaction() as db:  # a judged gone: its two no longer count
-            await b._forget(db, "instance = ?", (a._instance,))
+        await _forgotten_by(b, a)  # a judged gone: its two no longer count
         assert await _add(b, Conn("b2"), 4)
         await asyncio.sleep(HEARTBEAT * 3)  # a's heartbeat lists its two again
         assert sorted(c.id for c in await b.list("acct_1")) == ["a1", "a2", "b0", "b1", "b2"]
@@ -223,8 +227,7 @@ async def test_a_connection_listed_again_by_another_instance_counts_for_that_one
     try:
         assert await _add(a, Conn("c1"), 5)
         assert await _add(b, Conn("c1"), 5)  # listed already: it moves to b
-        async with b._db.transaction() as db:
-            await b._forget(db, "instance = ?", (a._instance,))
+        await _forgotten_by(b, a)
         assert [c.id for c in await b.list("acct_1")] == ["c1"]
         assert not await _add(b, Conn("c2"), 1)  # c1, now b's, still counts
     finally:

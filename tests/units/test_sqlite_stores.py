@@ -146,10 +146,10 @@ async def test_charges_made_at_once_share_commits_and_each_waits_for_its_own(tmp
     transactions = 0
     real = Database.transaction
 
-    def counted(self):
+    def counted(self, function):
         nonlocal transactions
         transactions += 1
-        return real(self)
+        return real(self, function)
 
     ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
     reader = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
