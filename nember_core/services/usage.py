@@ -57,7 +57,9 @@ class UsageReports:
         live = {c.id: c for c in await self._stores.registry.list(account_id)}
         rows = []
         for record in await billing.usage(account_id):
-            now = live.get(record.connection_id)  # still open: its counters are current
+            # Still open: its counters are current (one just closed is listed until its
+            # node unlists it, with its usage already recorded).
+            now = live.get(record.connection_id) if record.closed_at is None else None
             charge = charges.get(record.connection_id)
             rows.append(UsageRow(
                 connection_id=record.connection_id,

@@ -121,11 +121,6 @@ class Database:
             except RuntimeError:  # its loop is closed: no one waits for the answer
                 pass
 
-    async def run(self, function: Callable[[sqlite3.Connection], Result]) -> Result:
-        """``function(connection)`` on the connection's thread; statements it runs outside a
-        transaction commit one by one."""
-        return await self._call(partial(function, self._connection))
-
     async def transaction(self, function: Callable[[sqlite3.Connection], Result]) -> Result:
         """``function(connection)`` inside one write transaction: BEGIN IMMEDIATE (SQLite's
         write lock at once, so it never fails half-way to upgrade a read), COMMIT when it

@@ -138,7 +138,7 @@ class SqliteConnectionRegistry:
             await registry._db.write("INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
                                      (registry._instance, time.time()))
         except BaseException:
-            await registry._db.close()  # its thread would keep the process alive
+            await registry._db.close()
             raise
         registry._beating = asyncio.create_task(registry._beat_forever())
         return registry

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from decimal import Decimal
 
+import pytest
 from nember_sqlite.billing import SqliteBillingLedger
 from nember_sqlite.key_store import SqliteKeyStore
 
@@ -56,6 +58,16 @@ async def test_a_cancelled_charge_leaves_nothing_half_done(tmp_path):
         await ledger.close()
     assert charged == with_usage  # a charge is there with its usage row, or not at all
     assert {f"ok{i}" for i in range(20)} <= charged
+
+
+async def test_a_call_after_close_fails_at_once_instead_of_waiting_forever(tmp_path):
+    """A store's thread ends with its close: a late caller (a connection released during a
+    shutdown) gets an error, never a wait for an answer no thread will give."""
+    ledger = await SqliteBillingLedger.open(tmp_path / "billing.sqlite3")
+    await ledger.close()
+    await ledger.close()  # twice is harmless
+    with pytest.raises(sqlite3.ProgrammingError):
+        await asyncio.wait_for(ledger.charges("acct_1"), 5)
 
 
 async def test_a_taken_email_never_undoes_another_accounts_creation(tmp_path):

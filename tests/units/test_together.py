@@ -31,6 +31,19 @@ async def test_callers_at_once_share_a_few_batches_and_each_gets_its_own_result(
     assert sorted(n for batch in doubler.batches for n in batch) == list(range(100))
 
 
+async def test_callers_a_few_loop_turns_apart_share_a_batch():
+    """A storm's connections reach a store a few turns of the loop apart, not in one: a batch
+    waits a few turns for them before it starts."""
+    doubler = Doubler()
+    double = Together(doubler.run)
+    calls = []
+    for n in range(4):
+        calls.append(asyncio.ensure_future(double(n)))
+        await asyncio.sleep(0)  # the loop turns once before the next caller comes
+    assert await asyncio.gather(*calls) == [0, 2, 4, 6]
+    assert doubler.batches == [[0, 1, 2, 3]]
+
+
 async def test_a_bad_job_fails_only_its_own_caller():
     double = Together(Doubler().run, split_on=(ValueError,))
     results = await asyncio.gather(*(double(n) for n in (1, -1, 2, 3)), return_exceptions=True)
@@ -52,7 +65,8 @@ async def test_a_caller_cancelled_before_its_batch_starts_is_left_out():
     doubler = Doubler()
     double = Together(doubler.run)
     first = asyncio.ensure_future(double(1))
-    await asyncio.sleep(0)  # the first batch is running
+    while not doubler.batches:  # until the first batch is running
+        await asyncio.sleep(0)
     gone = asyncio.ensure_future(double(5))
     kept = asyncio.ensure_future(double(6))
     await asyncio.sleep(0)
