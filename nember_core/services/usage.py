@@ -57,8 +57,8 @@ class UsageReports:
         live = {c.id: c for c in await self._stores.registry.list(account_id)}
         rows = []
         for record in await billing.usage(account_id):
-            # Still open: its counters are current (one just closed is listed until its
-            # node unlists it, with its usage already recorded).
+            # Still open: its counters are current (a recorded close wins over a listing
+            # that a failed removal left behind until its node's next heartbeat).
             now = live.get(record.connection_id) if record.closed_at is None else None
             charge = charges.get(record.connection_id)
             rows.append(UsageRow(

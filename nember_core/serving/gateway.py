@@ -267,18 +267,17 @@ class Gateway:
         conn, ws = socket.conn, socket.ws
         self.live.pop(conn.id, None)
         FIGURES.connections_open -= 1
+        # Its place under the account's limit first: a bot at its limit reconnects at once.
+        await self.stores.registry.remove(conn)
         usage = conn.usage()
         usage.closed_at = utcnow()
         # The peer echoes the server's close code or sends its own; the server's wins.
         usage.close_code = socket.close_code or ws.close_code
         usage.close_reason = socket.close_reason or _close_reason(ws.close_code)
-        # Its usage is final before it leaves the registry: a usage report never shows it
-        # gone from the live list yet not closed.
         try:
             await self.stores.billing.record_usage(usage)
         except Exception as exc:
             log.error("billing.usage_failed", connection_id=conn.id, error=repr(exc))
-        await self.stores.registry.remove(conn)
         log.info(
             "connection.close",
             connection_id=conn.id,

@@ -279,7 +279,7 @@ class SqliteConnectionRegistry:
                 self._reported[conn_id] = counters
                 changed.append((*counters, conn_id))
         unremoved = list(self._unremoved)
-        held = [self._row(c) for c in self._local.values()]
+        held = list(self._local.values())  # as of now: the loop changes the dict meanwhile
 
         def beat(db: sqlite3.Connection) -> tuple[bool, list]:
             now = time.time()
@@ -290,7 +290,7 @@ class SqliteConnectionRegistry:
                 # register again, with every connection this instance still holds.
                 db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?)",
                            (self._instance, now))
-                db.executemany(INSERT, held)
+                db.executemany(INSERT, [self._row(c) for c in held])
             if changed:
                 db.executemany(
                     "UPDATE connections SET predictions = ?, errors = ?, last_request_at = ? "

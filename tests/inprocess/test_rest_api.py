@@ -570,7 +570,8 @@ async def test_connections_listed_and_closed_with_4000(api, client):
 
     async def ended():
         rows = {r["connection_id"]: r for r in (await api.call("GET", "/usage"))[1]["items"]}
-        return rows[conn["id"]] if not rows[conn["id"]]["live"] else None
+        # Unlisted first (its place under the limit), then its usage recorded.
+        return rows[conn["id"]] if rows[conn["id"]]["closed_at"] else None
     row = await eventually(ended, what="connection recorded as closed")
     assert (row["close_code"], row["close_reason"]) == (4000, "closed by owner")
     assert (row["predictions"], row["errors"]) == (1, 1)
@@ -597,7 +598,8 @@ async def test_usage_has_charges_per_connection_and_day_with_totals(api, client)
 
     async def closed():
         status, usage = await api.call("GET", "/usage")
-        return usage if not any(row["live"] for row in usage["items"]) else None
+        (row,) = [r for r in usage["items"] if r["connection_id"] == live["connection_id"]]
+        return usage if row["closed_at"] else None
     usage = await eventually(closed, what="usage of the closed connection")
     rows = usage["items"]
     (mine,) = [row for row in rows if row["connection_id"] == live["connection_id"]]
