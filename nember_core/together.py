@@ -60,6 +60,7 @@ class Together(Generic[Job, Result]):
         return done
 
     async def _run_queued(self) -> None:
+        batch: list[tuple[Job, asyncio.Future]] = []
         try:
             while self._queued:  # whatever queued up during the last batch goes next
                 for _ in range(GATHERING_TURNS):
@@ -83,5 +84,10 @@ class Together(Generic[Job, Result]):
                     continue
                 for (_, done), result in zip(batch, results, strict=True):
                     _settle(done, result)
+        except BaseException:  # cancelled (its loop is stopping): no caller waits forever
+            for _, done in [*batch, *self._queued]:
+                done.cancel()
+            self._queued = []
+            raise
         finally:
             self._running = None

@@ -75,3 +75,19 @@ async def test_a_caller_cancelled_before_its_batch_starts_is_left_out():
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert doubler.batches == [[1], [6]]
+
+
+async def test_callers_are_not_left_waiting_when_their_batch_is_cancelled():
+    """A loop that stops cancels the batch's task: its callers are cancelled too, not left
+    waiting for an answer (a server's shutdown would wait for them forever)."""
+    double = Together(Doubler().run)
+    gathered = asyncio.ensure_future(double(1))
+    await asyncio.sleep(0)  # submitted: the batch is gathering
+    running = asyncio.ensure_future(double(2))
+    while not running.done() and double._running is not None and len(double._queued) < 2:
+        await asyncio.sleep(0)
+    double._running.cancel()
+    for call in (gathered, running):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 5)
+    assert await double(3) == 6  # and the next caller starts a batch of its own
